@@ -1,0 +1,30 @@
+# duplex: `make run` starts the daemon on CPU, `make test` runs the whole suite.
+# Both install what they need into .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a CUDA build of several GB.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[serve,test]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/duplex serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/duplex bench model-step --preset cpu --threads 1
+
+clean:
+	rm -rf $(VENV) build *.egg-info

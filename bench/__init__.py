@@ -1,0 +1,1 @@
+"""Benchmarks: per-stage model timings, the thinker-performer latency budget, kernels."""

@@ -1,0 +1,108 @@
+"""The KV cache of one session: preallocated per layer, prefill sinks, a ring of unit slots.
+
+Logical row index: the sinks are rows [0, S); unit n is rows [S + n U, S + (n + 1) U).
+Physical row: sinks stay put; unit n lives in slot n mod W. A chunk is written before it
+attends, and it attends to the physical prefix [0, min(end, capacity)) where `end` is the
+logical end of the chunk: before the ring wraps that prefix is exactly what was written so
+far; after it wraps it is every row, the not-yet-overwritten tail of unit n - W included
+(layout.py states the same rule as a mask). No mask, no copy, memory fixed by the preset.
+
+What the thinker ships to the performer is `rows(start, end)`; the performer `append`s them.
+Counters are Python ints. Pure PyTorch: no processes, no sockets, no clocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.config import UnitLayout
+
+
+@dataclass
+class KVRows:
+    """Logical rows [start, start + n) of every layer: k, v (layers, B, Hkv, n, d)."""
+    start: int
+    k: Tensor
+    v: Tensor
+
+    @property
+    def end(self) -> int:
+        return self.start + self.k.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+
+@dataclass
+class CacheSpan:
+    """Where a chunk goes and what it sees, computed once per forward for all layers."""
+    write_at: int  # physical row of the chunk's first token
+    visible: int  # the chunk attends to physical rows [0, visible)
+
+
+@dataclass
+class KVCache:
+    k: Tensor  # (layers, B, Hkv, capacity, d)
+    v: Tensor
+    sinks: int  # S
+    unit_rows: int  # U
+    window: int  # W unit slots
+    length: int = 0  # logical rows written so far (the high-water mark)
+
+    @classmethod
+    def empty(cls, lay: UnitLayout, n_layers: int, n_kv_heads: int, head_dim: int, batch: int,
+              device: torch.device | str, dtype: torch.dtype) -> "KVCache":
+        shape = (n_layers, batch, n_kv_heads, lay.cache_rows, head_dim)
+        return cls(k=torch.zeros(shape, device=device, dtype=dtype),
+                   v=torch.zeros(shape, device=device, dtype=dtype),
+                   sinks=lay.sinks, unit_rows=lay.unit, window=lay.window_units)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
+
+    def physical(self, logical: int) -> int:
+        if logical < self.sinks:
+            return logical
+        unit, off = divmod(logical - self.sinks, self.unit_rows)
+        return self.sinks + (unit % self.window) * self.unit_rows + off
+
+    def span(self, start: int, n: int) -> CacheSpan:
+        """For a chunk of n logical rows from `start` (never crossing a unit's end)."""
+        end = start + n
+        if start >= self.sinks and (start - self.sinks) // self.unit_rows != (end - 1 - self.sinks) // self.unit_rows:
+            raise ValueError(f"chunk rows [{start}, {end}) cross a unit boundary (U={self.unit_rows})")
+        if start < self.sinks < end:
+            raise ValueError(f"chunk rows [{start}, {end}) mix the sinks (S={self.sinks}) and unit 0")
+        return CacheSpan(write_at=self.physical(start), visible=min(end, self.capacity))
+
+    def advance(self, end: int) -> None:
+        """Called by the owner after a forward that wrote logical rows up to `end`."""
+        self.length = max(self.length, end)
+
+    def rows(self, start: int, end: int) -> KVRows:
+        """Logical rows [start, end) of every layer, gathered out of the ring (a copy)."""
+        if end > self.length or start < end - self.capacity or start > end:
+            raise ValueError(f"rows [{start}, {end}) not held: {self.length} written, "
+                             f"capacity {self.capacity}")
+        idx = torch.tensor([self.physical(i) for i in range(start, end)], device=self.k.device)
+        return KVRows(start=start, k=self.k.index_select(3, idx), v=self.v.index_select(3, idx))
+
+    def append(self, rows: KVRows) -> None:
+        """Write rows shipped from another holder of the same session (the performer's side)."""
+        idx = torch.tensor([self.physical(i) for i in range(rows.start, rows.end)], device=self.k.device)
+        self.k.index_copy_(3, idx, rows.k.to(self.k.dtype))
+        self.v.index_copy_(3, idx, rows.v.to(self.v.dtype))
+        self.advance(rows.end)
+
+    def reset(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+        self.length = 0

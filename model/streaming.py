@@ -1,0 +1,183 @@
+"""The streaming API the thinker and the performer call, with explicit per-session state.
+
+One unit n, in order:
+  1. observe(state, frames, audio)  encode obs_n (causal encoder, carried conv state), append its KV
+  2. speak(state)                   k text slots by next-token prediction, one row each
+  3. denoise(cache, n, noise)       the performer: solver steps of resp_n against the cache
+  4. commit(state, z)               clean resp_n as context: append its KV; the unit is done
+  5. decode(state, z)               causal VAE decode: 4 RGB frames + 160 ms of audio
+A session starts with prefill(state, character): the character's tokens become the sinks.
+
+`Streamer` holds the model and nothing of any session; `SessionState` holds one session's
+KV cache, conv states and counters (Python ints), so one model serves many sessions.
+Pure PyTorch: no processes, no sockets, no clocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.av_encoder import EncoderState
+from model.config import BOS
+from model.duplex import DuplexModel, Latents, patchify
+from model.flow import solve
+from model.kv_cache import KVCache
+from model.layout import Kind, sink_meta, unit_meta
+from model.vae import DecoderState
+
+
+@dataclass
+class Character:
+    """Who the avatar is: prefilled at call start and kept as attention sinks."""
+    name: str
+    image: Tensor  # (3, H, W) in [-1, 1] at the preset's resolution
+    voice: Tensor  # (voice_units * samples_per_unit,) in [-1, 1] at the model's audio rate
+    persona: str
+
+
+@dataclass
+class SessionState:
+    cache: KVCache
+    encoder: EncoderState
+    decoder: DecoderState
+    last_text: Tensor  # (B,) int64: input of the next unit's first text slot
+    unit: int = 0  # the unit being processed; advanced by commit
+
+
+class Streamer:
+    def __init__(self, model: DuplexModel):
+        self.model = model
+        self.lay = model.layout
+        lay, geo = self.lay, model.geometry
+        self._sinks = sink_meta(lay, geo).pos
+        self._obs = unit_meta(lay, geo, 0, Kind.OBS).pos
+        self._text = [unit_meta(lay, geo, 0, Kind.TEXT, slot=j).pos for j in range(lay.text)]
+        self._resp = unit_meta(lay, geo, 0, Kind.RESP).pos
+
+    @property
+    def _device(self) -> torch.device:
+        return self.model.text_head.weight.device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.model.text_head.weight.dtype
+
+    def _pos(self, base: Tensor, unit: int) -> Tensor:
+        return (base + torch.tensor([4.0 * unit, 0.0, 0.0])).to(self._device)
+
+    def _run(self, x: Tensor, t: Tensor | None, pos: Tensor, cache: KVCache, start: int) -> Tensor:
+        B, L, _ = x.shape
+        t = torch.zeros(B, L, device=x.device) if t is None else t
+        h = self.model.transformer(x, t, pos, cache=cache, start=start)
+        cache.advance(start + L)
+        return h
+
+    def _unit_start(self, unit: int) -> int:
+        return self.lay.sinks + unit * self.lay.unit
+
+    def _resp_start(self, unit: int) -> int:
+        return self._unit_start(unit) + self.lay.obs + self.lay.text
+
+    # -- state ----------------------------------------------------------------------------
+    def new_cache(self, batch: int = 1) -> KVCache:
+        c = self.model.cfg.transformer
+        return KVCache.empty(self.lay, c.n_layers, c.n_kv_heads, c.head_dim, batch,
+                             self._device, self._dtype)
+
+    def new_state(self, batch: int = 1) -> SessionState:
+        dev, dt = self._device, self._dtype
+        return SessionState(cache=self.new_cache(batch),
+                            encoder=self.model.encoder.init_state(batch, dev, dt),
+                            decoder=self.model.vae.init_decode_state(batch, dev, dt),
+                            last_text=torch.full((batch,), BOS, dtype=torch.long, device=dev))
+
+    def sample_noise(self, batch: int, generator: torch.Generator | None = None) -> Latents:
+        lay = self.lay
+        shapes = ((batch, lay.resp_video, lay.video_token_dim), (batch, lay.resp_audio, lay.audio_token_dim))
+        return Latents(*(torch.randn(s, generator=generator, device=self._device, dtype=self._dtype)
+                         for s in shapes))
+
+    # -- the steps ------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, state: SessionState, character: Character) -> None:
+        m, cfg = self.model, self.model.cfg
+        want_img = (3, cfg.video.height, cfg.video.width)
+        want_voice = cfg.character.voice_units * cfg.audio.samples_per_unit
+        if tuple(character.image.shape) != want_img or character.voice.shape != (want_voice,):
+            raise ValueError(f"character {character.name!r}: image {tuple(character.image.shape)} "
+                             f"and voice {tuple(character.voice.shape)} must be {want_img} and "
+                             f"({want_voice},) for preset {cfg.name!r}")
+        B = state.last_text.shape[0]
+        image = character.image.to(self._device, self._dtype).expand(B, *want_img)
+        voice = character.voice.to(self._device, self._dtype).expand(B, want_voice)
+        x = m.embed_sinks(patchify(m.vae.encode_image(image), cfg.video.patch),
+                          m.vae.encode_audio(voice), m.persona_ids(character.persona, B))
+        self._run(x, None, self._sinks.to(self._device), state.cache, 0)
+
+    @torch.no_grad()
+    def observe(self, state: SessionState, frames: Tensor, audio: Tensor) -> None:
+        """frames (B, 4, 3, H, W) and audio (B, samples_per_unit) of unit `state.unit`, in [-1, 1]."""
+        n, start = state.unit, self._unit_start(state.unit)
+        if state.cache.length != start:
+            raise RuntimeError(f"observe(unit {n}) needs the prefill and units < {n} committed: "
+                               f"cache holds {state.cache.length} rows, expected {start}")
+        video, aud = self.model.encoder(frames, audio, state.encoder)
+        self._run(self.model.embed_obs(video[:, 0], aud), None, self._pos(self._obs, n), state.cache, start)
+
+    @torch.no_grad()
+    def speak(self, state: SessionState, forced: Tensor | None = None, temperature: float = 0.0,
+              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """k text slots of unit `state.unit`: tokens (B, k) and their logits (B, k, V).
+        `forced` (B, k) feeds given tokens instead of sampled ones (typed text, tests)."""
+        n, lay = state.unit, self.lay
+        prev, tokens, logits = state.last_text, [], []
+        for j in range(lay.text):
+            start = self._unit_start(n) + lay.obs + j
+            h = self._run(self.model.embed_text(prev[:, None]), None, self._pos(self._text[j], n),
+                          state.cache, start)
+            lg = self.model.text_logits(h[:, 0]).float()
+            if forced is not None:
+                prev = forced[:, j]
+            elif temperature > 0:
+                prev = torch.multinomial(torch.softmax(lg / temperature, -1), 1, generator=generator)[:, 0]
+            else:
+                prev = lg.argmax(-1)
+            tokens.append(prev)
+            logits.append(lg)
+        state.last_text = prev
+        return torch.stack(tokens, 1), torch.stack(logits, 1)
+
+    @torch.no_grad()
+    def velocity(self, cache: KVCache, unit: int, x: Latents, t: Tensor) -> Latents:
+        """One solver evaluation: noisy resp of `unit` at times t (B,) against the cache."""
+        B = x.video.shape[0]
+        tt = t.to(self._device, torch.float32)[:, None].expand(B, self.lay.resp)
+        h = self._run(self.model.embed_resp(x), tt, self._pos(self._resp, unit), cache,
+                      self._resp_start(unit))
+        return self.model.velocity(h)
+
+    def denoise(self, cache: KVCache, unit: int, noise: Latents) -> Latents:
+        """Flow-matching solve of resp_`unit` from `noise`; the performer's whole job."""
+        f = self.model.cfg.flow
+        z = solve(lambda x, t: self.velocity(cache, unit, Latents(*x), t), tuple(noise),
+                  f.steps, f.shift, f.solver)
+        return Latents(*z)
+
+    @torch.no_grad()
+    def commit(self, state: SessionState, z: Latents) -> None:
+        """Clean resp of `state.unit` into the cache as context; the unit is complete."""
+        n = state.unit
+        if state.cache.length < self._resp_start(n):
+            raise RuntimeError(f"commit(unit {n}) before its obs and text: cache holds "
+                               f"{state.cache.length} rows, expected >= {self._resp_start(n)}")
+        self._run(self.model.embed_resp(z), None, self._pos(self._resp, n), state.cache,
+                  self._resp_start(n))
+        state.unit += 1
+
+    @torch.no_grad()
+    def decode(self, state: SessionState, z: Latents) -> tuple[Tensor, Tensor]:
+        """Latents of one unit -> frames (B, 4, 3, H, W) and audio (B, samples_per_unit) in [-1, 1]."""
+        video, audio = self.model.tokens_to_latents(z)
+        return self.model.vae.decode(video[:, None], audio, state.decoder)

@@ -1,0 +1,134 @@
+"""The one Transformer for all modalities: per-token timestep modulation (adaLN), 3-axis
+time-aligned RoPE, GQA attention with QK-norm, SwiGLU MLP.
+
+`forward(x, t, pos, mask=None)` runs a whole sequence under a mask (training, offline);
+`forward(x, t, pos, cache=..., start=...)` writes the chunk's keys and values into the session's
+KV cache and attends to the cache (serving). The two paths differ only at the attention call.
+The cache is the caller's: this module holds weights only, and the caller advances the cache
+after the forward. Pure PyTorch: no processes, no sockets, no clocks.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels.norm_modulate import norm_modulate_reference
+from kernels.rope import rope_reference
+from model.attention import Backend, attend
+from model.config import TransformerConfig
+from model.kv_cache import CacheSpan, KVCache
+
+
+def rope_angles(pos: Tensor, split: tuple[int, int, int], theta: float) -> tuple[Tensor, Tensor]:
+    """pos (L, 3) float (time, row, col) -> cos, sin (L, head_dim / 2) in fp32.
+
+    Each axis gets its own band of rotary channels (sizes `split`, each even)."""
+    angles = []
+    for axis, width in enumerate(split):
+        freqs = theta ** (-torch.arange(0, width, 2, dtype=torch.float32, device=pos.device) / width)
+        angles.append(pos[:, axis:axis + 1].float() * freqs)  # (L, width / 2)
+    a = torch.cat(angles, dim=-1)
+    return a.cos(), a.sin()
+
+
+def timestep_features(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled by 1000, as DiT does): (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device) / half)
+    a = t.float()[..., None] * 1000.0 * freqs
+    return torch.cat([a.cos(), a.sin()], dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wkv = nn.Linear(cfg.dim, 2 * cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, backend: Backend,
+                cache: KVCache | None, layer: int, span: CacheSpan | None) -> Tensor:
+        B, L, _ = x.shape
+        q = self.q_norm(self.wq(x).view(B, L, self.n_heads, self.head_dim)).transpose(1, 2)
+        k, v = self.wkv(x).view(B, L, 2, self.n_kv_heads, self.head_dim).unbind(2)
+        k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, L, d)
+        q, k = rope_reference(q, cos, sin), rope_reference(k, cos, sin)
+        if cache is not None:
+            ck, cv = cache.k[layer], cache.v[layer]  # (B, Hkv, capacity, d)
+            ck[:, :, span.write_at:span.write_at + L] = k
+            cv[:, :, span.write_at:span.write_at + L] = v
+            k, v = ck[:, :, :span.visible], cv[:, :, :span.visible]
+        o = attend(q, k, v, mask, backend)  # (B, Hq, L, d)
+        return self.wo(o.transpose(1, 2).reshape(B, L, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.w_in = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
+        self.w_out = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))  # per-block bias on the shared one
+
+    def forward(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                backend: Backend, cache: KVCache | None, layer: int, span: CacheSpan | None) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(2)  # (B, L, D)
+        h = norm_modulate_reference(x, shift1, scale1, self.eps)
+        x = x + gate1 * self.attn(h, cos, sin, mask, backend, cache, layer, span)
+        h = norm_modulate_reference(x, shift2, scale2, self.eps)
+        return x + gate2 * self.mlp(h)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backend: Backend = "sdpa"
+        self.t_embed = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.t_modulation = nn.Linear(cfg.dim, 6 * cfg.dim)  # shared by all blocks (as Wan does)
+        self.final_modulation = nn.Linear(cfg.dim, 2 * cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+
+    def forward(self, x: Tensor, t: Tensor, pos: Tensor, mask: Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0) -> Tensor:
+        """x (B, L, D) embedded tokens; t (B, L) solver time per token (0 = clean context);
+        pos (L, 3). Offline: mask (L, L) bool or None. Serving: cache + logical `start` row."""
+        B, L, D = x.shape
+        if cache is not None and mask is not None:
+            raise ValueError("pass either a mask (whole sequence) or a cache (streaming), not both")
+        span = cache.span(start, L) if cache is not None else None
+        cos, sin = rope_angles(pos, self.cfg.rope_split, self.cfg.rope_theta)
+        temb = nn.functional.silu(self.t_embed(timestep_features(t, D).to(x.dtype)))  # (B, L, D)
+        mod = self.t_modulation(temb).view(B, L, 6, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mod, cos, sin, mask, self.backend, cache, i, span)
+        shift, scale = self.final_modulation(temb).chunk(2, dim=-1)
+        return norm_modulate_reference(x, shift, scale, self.cfg.norm_eps)

@@ -1,0 +1,33 @@
+"""The one `duplex` command: `presets`, `bench model-step|latency|kernels`, `serve`.
+
+Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="print each model preset's unit layout and size", add_help=False)
+    b = sub.add_parser("bench", help="run a benchmark", add_help=False)
+    b.add_argument("which", choices=sorted(BENCHES))
+    sub.add_parser("serve", help="start the daemon", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "presets":
+        from server.presets_cmd import main as presets_main
+        return presets_main(rest)
+    if args.command == "bench":
+        return importlib.import_module(BENCHES[args.which]).main(rest)
+    from server.serve import main as serve_main
+    return serve_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Streaming == offline: the unit-by-unit path through the KV cache gives the same text logits
+and velocities as the whole-sequence forward under the block-causal mask (DESIGN's key test)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import tiny
+from model.duplex import Latents, build_model
+from model.streaming import Streamer
+from model.train import forward_sequence
+from tests.model.synthetic import make_character, make_conversation
+
+UNITS = 7
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("window", [
+    pytest.param(UNITS, id="W=7,full-history"),
+    pytest.param(3, id="W=3,ring-wraps"),
+    pytest.param(1, id="W=1,one-slot"),
+])
+def test_streaming_equals_offline_under_block_causal_mask(window: int, backend: str) -> None:
+    cfg = tiny().model_copy(update={"window_units": window})
+    model = build_model(cfg, seed=0)
+    model.transformer.backend = backend
+    character = make_character(cfg)
+    conv = make_conversation(model, character, UNITS)
+    g = torch.Generator().manual_seed(3)
+    noisy = Latents(*(torch.randn(x.shape, generator=g) for x in conv.resp))
+    t = torch.rand(1, UNITS, generator=g)
+    with torch.no_grad():
+        logits_off, v_off = forward_sequence(model, conv, noisy, t, window=window)
+
+    s = Streamer(model)
+    st = s.new_state()
+    s.prefill(st, character)
+    spf = cfg.audio.samples_per_unit
+    for n in range(UNITS):
+        s.observe(st, conv.frames[:, 4 * n:4 * n + 4], conv.audio[:, n * spf:(n + 1) * spf])
+        _, logits = s.speak(st, forced=conv.text[:, n])
+        v = s.velocity(st.cache, n, Latents(noisy.video[:, n], noisy.audio[:, n]), t[:, n])
+        s.commit(st, Latents(conv.resp.video[:, n], conv.resp.audio[:, n]))
+        torch.testing.assert_close(logits, logits_off[:, n].float(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(v.video, v_off.video[:, n], atol=1e-5, rtol=0)
+        torch.testing.assert_close(v.audio, v_off.audio[:, n], atol=1e-5, rtol=0)
+    assert st.cache.length == model.layout.sinks + UNITS * model.layout.unit
+
+
+def test_cache_memory_is_fixed_whatever_the_call_length(model, character) -> None:
+    s = Streamer(model)
+    st = s.new_state()
+    before = (st.cache.k.data_ptr(), st.cache.nbytes)
+    s.prefill(st, character)
+    conv = make_conversation(model, character, 2 * model.cfg.window_units + 1)
+    spf = model.cfg.audio.samples_per_unit
+    for n in range(conv.units):
+        s.observe(st, conv.frames[:, 4 * n:4 * n + 4], conv.audio[:, n * spf:(n + 1) * spf])
+        s.speak(st)
+        s.commit(st, s.denoise(st.cache, n, s.sample_noise(1, torch.Generator().manual_seed(n))))
+    assert (st.cache.k.data_ptr(), st.cache.nbytes) == before
+    assert st.cache.capacity == model.layout.cache_rows
+
+
+def test_observe_before_commit_is_a_clear_error(model, character) -> None:
+    s = Streamer(model)
+    st = s.new_state()
+    s.prefill(st, character)
+    conv = make_conversation(model, character, 2)
+    spf = model.cfg.audio.samples_per_unit
+    s.observe(st, conv.frames[:, :4], conv.audio[:, :spf])
+    s.speak(st)
+    with pytest.raises(RuntimeError, match="observe\\(unit 0\\) needs"):
+        s.observe(st, conv.frames[:, 4:8], conv.audio[:, spf:2 * spf])
+
+
+def test_same_seed_same_weights_same_outputs(cfg, character) -> None:
+    def run() -> list[torch.Tensor]:
+        model = build_model(cfg, seed=5)
+        s = Streamer(model)
+        st = s.new_state()
+        s.prefill(st, character)
+        conv = make_conversation(model, character, 3)
+        spf = cfg.audio.samples_per_unit
+        out = []
+        for n in range(3):
+            s.observe(st, conv.frames[:, 4 * n:4 * n + 4], conv.audio[:, n * spf:(n + 1) * spf])
+            tokens, _ = s.speak(st)
+            z = s.denoise(st.cache, n, s.sample_noise(1, torch.Generator().manual_seed(n)))
+            s.commit(st, z)
+            frames, audio = s.decode(st, z)
+            out += [tokens, z.video, z.audio, frames, audio]
+        return out
+
+    a, b = run(), run()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    other = build_model(cfg, seed=6)
+    assert not torch.equal(other.text_head.weight, build_model(cfg, seed=5).text_head.weight)
