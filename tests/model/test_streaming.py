@@ -96,3 +96,20 @@ def test_same_seed_same_weights_same_outputs(cfg, character) -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     other = build_model(cfg, seed=6)
     assert not torch.equal(other.text_head.weight, build_model(cfg, seed=5).text_head.weight)
+
+
+@pytest.mark.parametrize("window", [pytest.param(None, id="full-history"), pytest.param(2, id="W=2")])
+def test_a_longer_conversation_never_changes_earlier_outputs(model, character, window) -> None:
+    g = torch.Generator().manual_seed(4)
+    long = make_conversation(model, character, 6)
+    noisy = Latents(*(torch.randn(x.shape, generator=g) for x in long.resp))
+    t = torch.rand(1, 6, generator=g)
+    short = make_conversation(model, character, 6)
+    short.frames, short.audio = long.frames[:, :16], long.audio[:, :4 * model.cfg.audio.samples_per_unit]
+    short.text, short.resp = long.text[:, :4], Latents(long.resp.video[:, :4], long.resp.audio[:, :4])
+    with torch.no_grad():
+        logits_l, v_l = forward_sequence(model, long, noisy, t, window)
+        logits_s, v_s = forward_sequence(model, short, Latents(noisy.video[:, :4], noisy.audio[:, :4]), t[:, :4], window)
+    torch.testing.assert_close(logits_s, logits_l[:, :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(v_s.video, v_l.video[:, :4], atol=1e-5, rtol=0)
+    assert not torch.allclose(logits_l[:, 4], logits_l[:, 3])

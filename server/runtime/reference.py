@@ -1,0 +1,30 @@
+"""The single-process reference path: the same Streamer calls as the split, in one process,
+in the same order, with the same seeded noise. The two-process pair must equal it bit for bit
+on CPU (tests/server/test_runtime_split.py). It keeps no timings: bench/ times the real pair.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from torch import Tensor
+
+from model.streaming import Character, Streamer
+from server.runtime.performer import unit_noise
+from server.runtime.thinker import Decoded
+
+
+def run_single(streamer: Streamer, character: Character, seed: int,
+               inputs: Iterable[tuple[Tensor, Tensor]]) -> list[Decoded]:
+    """inputs: per unit (frames (B, 4, 3, H, W), audio (B, samples_per_unit)); one Decoded a unit."""
+    s = streamer
+    st = s.new_state()
+    s.prefill(st, character)
+    out = []
+    for n, (frames, audio) in enumerate(inputs):
+        s.observe(st, frames, audio)
+        tokens, _ = s.speak(st)
+        z = s.denoise(st.cache, n, unit_noise(s, seed, n, batch=frames.shape[0]))
+        s.commit(st, z)
+        video, audio_out = s.decode(st, z)
+        out.append(Decoded(n, tokens, z, video, audio_out, stages={}))
+    return out

@@ -1,0 +1,226 @@
+"""The process shell around a core (thinker.py, performer.py): one worker process of the pair.
+
+What the shell owns, and the core never sees:
+  1. signals: SIGTERM / SIGINT only set a flag; the loop ends between events
+  2. a guard thread: a heartbeat into shared memory every `heartbeat_s` (the supervisor's
+     hang detector) and a watch on the parent: an orphaned worker exits at once
+  3. the model (built or loaded), then the transport; READY goes up once both are there
+  4. one inbox fed by two reader threads (the control pipe, the transport), so the loop is
+     event-driven and model compute never waits for a message it does not need
+  5. WorkerFailed with the traceback before the process exits on any error
+`worker_main` is the multiprocessing target; the supervisor starts it with the spawn context.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Iterator
+
+import torch
+
+from model.config import preset
+from model.duplex import DuplexModel, build_model
+from model.streaming import Streamer
+from server.runtime.messages import (EndSession, InputUnit, Ready, Role, SessionClosed,
+                                     SessionOpened, Shutdown, SolveReport, StartSession,
+                                     UnitOutput, WorkerFailed)
+from server.runtime.performer import Performer
+from server.runtime.thinker import Decoded, Thinker
+from server.runtime.timings import StageTimer
+from server.runtime.transport import Packet, PacketKind, Transport, WireShapes, connect, worker_device
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    role: Role
+    preset: str
+    checkpoint: str | None  # a checkpoint folder, or None for the seeded dummy init
+    weights_seed: int
+    transport: str  # gloo | nccl | ipc, already picked
+    store_port: int  # the supervisor's TCPStore (gloo, nccl rendezvous)
+    threads: int  # torch intra-op threads
+    heartbeat_s: float
+    max_pending: int
+
+
+class Shell:
+    def __init__(self, spec: WorkerSpec, conn: Connection, heartbeats: Any):
+        self.spec, self.conn, self.heartbeats = spec, conn, heartbeats
+        self.stop = threading.Event()
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self._parent = os.getppid()
+        self._send_lock = threading.Lock()
+        self.transport: Transport | None = None
+        self._rx: threading.Thread | None = None
+
+    # 1. + 2. signals and the guard thread -------------------------------------------------
+    def guard(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+
+    def _beat(self) -> None:
+        slot = self.spec.role.rank
+        while True:
+            self.heartbeats[slot] = time.monotonic()
+            if os.getppid() != self._parent:
+                os._exit(3)  # the daemon is gone: nobody will ever read our results
+            time.sleep(self.spec.heartbeat_s)
+
+    # 3. model and transport ---------------------------------------------------------------
+    def load(self, side: Connection | None) -> Streamer:
+        spec = self.spec
+        device = worker_device(spec.transport, spec.role.rank)
+        if device.type == "cpu":
+            torch.set_num_threads(spec.threads)
+        model: DuplexModel
+        if spec.checkpoint:
+            from model.checkpoint import load_checkpoint  # safetensors only when a checkpoint is used
+            model = load_checkpoint(spec.checkpoint, device=device)
+        else:
+            model = build_model(preset(spec.preset), seed=spec.weights_seed, device=device)
+        streamer = Streamer(model)
+        lay = model.layout
+        shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype)
+        self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store_port, side,
+                                 max_rows=max(lay.sinks, lay.unit))
+        self.send(Ready(spec.role, os.getpid(), str(device), self.transport.name))
+        return streamer
+
+    # 4. the inbox -------------------------------------------------------------------------
+    def start_readers(self) -> None:
+        threading.Thread(target=self._read_control, name="control", daemon=True).start()
+        self._rx = threading.Thread(target=self._read_transport, name="transport", daemon=True)
+        self._rx.start()
+
+    def _read_control(self) -> None:
+        try:
+            while True:
+                self.inbox.put(self.conn.recv())
+        except (EOFError, OSError):
+            self.inbox.put(Shutdown())  # the supervisor closed its end
+
+    def _read_transport(self) -> None:
+        assert self.transport is not None
+        try:
+            while True:
+                packet = self.transport.recv()
+                self.inbox.put(packet)
+                if packet.kind is PacketKind.STOP:
+                    return
+        except Exception as e:  # a broken channel is this worker's failure: the loop raises it
+            self.inbox.put(e)
+
+    def events(self) -> Iterator[Any]:
+        while not self.stop.is_set():
+            try:
+                ev = self.inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(ev, Exception):
+                raise ev
+            if isinstance(ev, Shutdown) or (isinstance(ev, Packet) and ev.kind is PacketKind.STOP):
+                return
+            yield ev
+
+    def send(self, msg: Any) -> None:
+        with self._send_lock:
+            self.conn.send(msg)
+
+    def close_transport(self) -> None:
+        """Tell the peer we stop, wait (briefly) for its STOP, release the channel."""
+        if self.transport is None:
+            return
+        self.transport.send(Packet(PacketKind.STOP, session=0))
+        if self._rx is not None:
+            self._rx.join(timeout=2.0)
+        if self._rx is None or not self._rx.is_alive():
+            self.transport.close()
+
+
+# -- the two loops ----------------------------------------------------------------------------
+def thinker_loop(shell: Shell, streamer: Streamer) -> None:
+    transport, timer = shell.transport, StageTimer()
+    assert transport is not None
+    device = streamer.model.text_head.weight.device
+    session, closing = -1, False
+    shipped_ns: dict[int, int] = {}  # unit -> when its rows left
+    latents_in: dict[int, tuple[int, float]] = {}  # unit -> (bytes, seconds) of its latents
+
+    def ship(unit: int, rows: Any) -> None:
+        p = Packet(PacketKind.ROWS, session, unit=unit, rows=rows)
+        transport.send(p)
+        shipped_ns[unit] = p.sent_ns
+
+    def emit(d: Decoded) -> None:
+        media = (d.text[0], d.z.video[0], d.z.audio[0], d.frames[0], d.audio[0])
+        shell.send(UnitOutput(session, d.unit, *(t.cpu().numpy() for t in media), d.stages,
+                              *latents_in.pop(d.unit), shipped_ns=shipped_ns.pop(d.unit)))
+
+    thinker = Thinker(streamer, ship, emit, timer, max_pending=shell.spec.max_pending)
+    for ev in shell.events():
+        if isinstance(ev, StartSession):
+            session, closing = ev.session, False
+            timer.clear()
+            rows = thinker.open(ev.character.character())
+            transport.send(Packet(PacketKind.OPEN, session, seed=ev.seed, rows=rows))
+            shell.send(SessionOpened(session))
+        elif isinstance(ev, InputUnit):
+            thinker.on_unit(ev.unit, torch.from_numpy(ev.frames).to(device),
+                            torch.from_numpy(ev.audio).to(device))
+        elif isinstance(ev, Packet) and ev.kind is PacketKind.LATENTS:
+            timer.add(ev.unit, "transfer", ev.seconds)
+            latents_in[ev.unit] = (ev.nbytes, ev.seconds)
+            assert ev.latents is not None
+            thinker.on_latents(ev.unit, ev.latents)
+        elif isinstance(ev, EndSession):
+            closing = True
+        else:
+            raise TypeError(f"thinker got an unexpected {type(ev).__name__}: {ev!r:.200}")
+        if closing and thinker.idle:
+            transport.send(Packet(PacketKind.CLOSE, session))
+            shell.send(SessionClosed(session))
+            closing = False
+
+
+def performer_loop(shell: Shell, streamer: Streamer) -> None:
+    transport = shell.transport
+    assert transport is not None
+    performer = Performer(streamer)
+    for ev in shell.events():
+        if not isinstance(ev, Packet):
+            raise TypeError(f"performer got an unexpected {type(ev).__name__}: {ev!r:.200}")
+        if ev.kind is PacketKind.OPEN:
+            assert ev.rows is not None
+            performer.open(ev.seed, ev.rows)
+        elif ev.kind is PacketKind.ROWS:
+            assert ev.rows is not None
+            solved = performer.on_rows(ev.rows)
+            out = Packet(PacketKind.LATENTS, ev.session, unit=solved.unit, latents=solved.z)
+            transport.send(out)
+            stages = {**solved.stages, "transfer": ev.seconds}
+            shell.send(SolveReport(ev.session, solved.unit, stages, ev.nbytes, ev.seconds, out.sent_ns))
+        elif ev.kind is not PacketKind.CLOSE:
+            raise ValueError(f"performer got a {ev.kind.name} packet; expected OPEN, ROWS or CLOSE")
+
+
+def worker_main(spec: WorkerSpec, conn: Connection, heartbeats: Any, side: Connection | None) -> None:
+    """The multiprocessing target of both workers."""
+    shell = Shell(spec, conn, heartbeats)
+    shell.guard()
+    try:
+        streamer = shell.load(side)
+        shell.start_readers()
+        (thinker_loop if spec.role is Role.THINKER else performer_loop)(shell, streamer)
+        shell.close_transport()
+    except BaseException:
+        try:
+            shell.send(WorkerFailed(spec.role, traceback.format_exc()))
+        finally:
+            os._exit(1)  # reader threads may sit in a blocking receive: do not wait for them

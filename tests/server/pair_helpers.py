@@ -1,0 +1,35 @@
+"""Helpers of the runtime tests: run a session of synthetic units, check a process is gone."""
+from __future__ import annotations
+
+from model.config import ModelConfig
+from server.runtime.messages import UnitOutput
+from server.runtime.session import Session, SessionEnd
+from server.runtime.supervisor import RuntimeConfig, Supervisor
+from server.runtime.synthetic import synthetic_character, synthetic_unit
+
+TINY = RuntimeConfig(preset="tiny", transport="gloo", ready_timeout_s=60)
+
+
+def start_session(sup: Supervisor, cfg: ModelConfig, seed: int = 0) -> Session:
+    return sup.open_session(synthetic_character(cfg), seed=seed, timeout=60)
+
+
+def run_units(session: Session, cfg: ModelConfig, units: int, stream_seed: int = 0,
+              timeout: float = 30.0) -> tuple[list[UnitOutput], SessionEnd]:
+    """Hand over `units` synthetic units as fast as the pair takes them; close; every output."""
+    for n in range(units):
+        session.submit(*synthetic_unit(cfg, stream_seed, n))
+    end = session.close(timeout)
+    outputs = []
+    while (out := session.outputs.get(timeout=0)) is not None:
+        outputs.append(out)
+    return outputs, end
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (exited, not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
