@@ -13,6 +13,8 @@ from torch import Tensor
 
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v in fp32, returned in q's dtype. A query row whose keys are all
+    masked comes out NaN here (the Triton kernels return 0 for it; the model makes no such row)."""
     B, Hq, Lq, d = q.shape
     Hkv = k.shape[1]
     if Hq != Hkv:

@@ -1,0 +1,15 @@
+"""Root fixtures and process-wide test settings, loaded before any test module is imported."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# --- kernels: Triton's interpreter on machines without CUDA --------------------------------
+# Triton decides interpreter-or-compiler when a kernel is decorated, i.e. when kernels/ is
+# first imported, and model/ imports kernels/ (the references sit beside the kernels). So the
+# switch is set here, before any test module (tests/model included) is collected. On a CUDA
+# machine the kernels compile for the device and the same tests run there.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# --- end kernels ---------------------------------------------------------------------------
