@@ -1,11 +1,11 @@
-# duplex: `make run` starts the daemon on CPU, `make test` runs the whole suite.
-# Both install what they need into .venv first.
+# duplex: `make test` runs the whole suite, installing what it needs into .venv first.
+# (`make run`, the daemon, comes with the serving front end.)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install test bench clean
 
 install: $(STAMP)
 
@@ -16,9 +16,6 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[serve,test]'
 	touch $(STAMP)
-
-run: install
-	$(BIN)/duplex serve
 
 test: install
 	$(BIN)/python -m pytest -q

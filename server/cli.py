@@ -1,4 +1,4 @@
-"""The one `duplex` command: `presets`, `bench model-step|latency|kernels`, `serve`.
+"""The one `duplex` command: `presets`, `bench model-step|latency|kernels`.
 
 Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
 """
@@ -18,15 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("presets", help="print each model preset's unit layout and size", add_help=False)
     b = sub.add_parser("bench", help="run a benchmark", add_help=False)
     b.add_argument("which", choices=sorted(BENCHES))
-    sub.add_parser("serve", help="start the daemon", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "presets":
         from server.presets_cmd import main as presets_main
         return presets_main(rest)
-    if args.command == "bench":
-        return importlib.import_module(BENCHES[args.which]).main(rest)
-    from server.serve import main as serve_main
-    return serve_main(rest)
+    return importlib.import_module(BENCHES[args.which]).main(rest)
 
 
 if __name__ == "__main__":
