@@ -1,11 +1,12 @@
-# duplex: `make test` runs the whole suite, installing what it needs into .venv first.
-# (`make run`, the daemon, comes with the serving front end.)
+# duplex: `make run` starts the daemon on http://127.0.0.1:8080 (cpu preset, dummy weights);
+# `make test` runs the whole suite. Both install what they need into .venv first.
+# Settings: `make run ARGS="--port 9000"`, or DUPLEX_* variables (see README).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install run test bench clean
 
 install: $(STAMP)
 
@@ -16,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[serve,test]'
 	touch $(STAMP)
+
+run: install
+	$(BIN)/duplex serve $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

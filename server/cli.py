@@ -1,4 +1,4 @@
-"""The one `duplex` command: `presets`, `bench model-step|latency|kernels`.
+"""The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels`.
 
 Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
 """
@@ -15,10 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="duplex", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the daemon (duplex serve --help for its settings)", add_help=False)
     sub.add_parser("presets", help="print each model preset's unit layout and size", add_help=False)
     b = sub.add_parser("bench", help="run a benchmark", add_help=False)
     b.add_argument("which", choices=sorted(BENCHES))
     args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        from server.serve import main as serve_main
+        return serve_main(rest)
     if args.command == "presets":
         from server.presets_cmd import main as presets_main
         return presets_main(rest)

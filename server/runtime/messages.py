@@ -63,6 +63,7 @@ class InputUnit:
     unit: int
     frames: np.ndarray  # (1, 4, 3, H, W) float32 in [-1, 1]
     audio: np.ndarray  # (1, samples_per_unit) float32 in [-1, 1]
+    text: bytes = b""  # typed by the caller since the last unit (UTF-8): forced into the text slots
 
 
 @dataclass

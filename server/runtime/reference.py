@@ -4,25 +4,29 @@ on CPU (tests/server/test_runtime_split.py). It keeps no timings: bench/ times t
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterable
 
 from torch import Tensor
 
 from model.streaming import Character, Streamer
 from server.runtime.performer import unit_noise
-from server.runtime.thinker import Decoded
+from server.runtime.thinker import Decoded, typed_slots
 
 
 def run_single(streamer: Streamer, character: Character, seed: int,
-               inputs: Iterable[tuple[Tensor, Tensor]]) -> list[Decoded]:
-    """inputs: per unit (frames (B, 4, 3, H, W), audio (B, samples_per_unit)); one Decoded a unit."""
+               inputs: Iterable[tuple[Tensor, Tensor]], typed: dict[int, bytes] | None = None) -> list[Decoded]:
+    """inputs: per unit (frames (B, 4, 3, H, W), audio (B, samples_per_unit)); typed: unit ->
+    bytes typed with that unit (the thinker's rule: they fill the next text slots); one Decoded a unit."""
     s = streamer
     st = s.new_state()
     s.prefill(st, character)
+    queue: deque[int] = deque()
     out = []
     for n, (frames, audio) in enumerate(inputs):
         s.observe(st, frames, audio)
-        tokens, _ = s.speak(st)
+        queue.extend((typed or {}).get(n, b""))
+        tokens, _ = s.speak(st, forced=typed_slots(queue, s.lay.text, frames.device))
         z = s.denoise(st.cache, n, unit_noise(s, seed, n, batch=frames.shape[0]))
         s.commit(st, z)
         video, audio_out = s.decode(st, z)

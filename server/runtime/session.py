@@ -82,7 +82,8 @@ class SessionEnd:
 class Session:
     """Created by Supervisor.open_session; thread-safe against the supervisor's monitor."""
 
-    def __init__(self, sid: int, clock: UnitClock, send_input: Callable[[int, np.ndarray, np.ndarray], None],
+    def __init__(self, sid: int, clock: UnitClock,
+                 send_input: Callable[[int, np.ndarray, np.ndarray, bytes], None],
                  request_end: Callable[["Session"], None], sink: RecordSink | None,
                  output_queue: int, max_lag_units: int):
         self.id, self.clock = sid, clock
@@ -97,9 +98,10 @@ class Session:
         self._partial: dict[int, _Partial] = {}  # units in flight only: bounded by max_lag_units
 
     # -- the caller's side ------------------------------------------------------------------
-    def submit(self, frames: np.ndarray, audio: np.ndarray) -> int:
+    def submit(self, frames: np.ndarray, audio: np.ndarray, text: bytes = b"") -> int:
         """Hand over the next complete input unit (frames (1, 4, 3, H, W), audio (1, samples),
-        float32 in [-1, 1]); returns its unit index. Raises SessionEnded once it is over."""
+        float32 in [-1, 1]; `text`, UTF-8 typed since the last unit); returns its unit index.
+        Raises SessionEnded once it is over."""
         with self._lock:
             if self.end is not None:
                 raise SessionEnded(self.end.reason)
@@ -114,7 +116,7 @@ class Session:
         if self.end is not None:
             self._request_end(self)
             raise SessionEnded(self.end.reason)
-        self._send_input(n, frames, audio)
+        self._send_input(n, frames, audio, text)
         return n
 
     def close(self, timeout: float = 30.0) -> SessionEnd:

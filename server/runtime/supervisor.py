@@ -141,7 +141,7 @@ class Supervisor:
         if opening.error:
             raise RuntimeError(f"session {sid} could not start: {opening.error}")
         session = Session(sid, UnitClock(opening.t0, UNIT_SECONDS),
-                          send_input=lambda n, f, a: self._send(Role.THINKER, InputUnit(sid, n, f, a)),
+                          send_input=lambda n, f, a, t: self._send(Role.THINKER, InputUnit(sid, n, f, a, t)),
                           request_end=lambda s: self._send(Role.THINKER, EndSession(s.id)),
                           sink=self.sink, output_queue=self.cfg.output_queue,
                           max_lag_units=self.cfg.max_lag_units)

@@ -1,7 +1,7 @@
 """The thinker's core: one session's input side (encode, text) and output side (KV of the
 response, decode), driven by two events.
 
-  on_unit(n, frames, audio)  input unit n is complete
+  on_unit(n, frames, audio, text)  input unit n is complete (text: bytes the caller typed)
   on_latents(n, z)           the performer's latents of unit n have arrived
 
 The order inside is what lets the two processes overlap. When input n is already waiting as
@@ -12,6 +12,10 @@ z_{n-1} is decoded first, so that its output is not held up by the commit. Both 
 same results: decode and commit touch different state. An input that arrives before z_{n-1}
 waits in a bounded queue; nothing is skipped.
 
+Typed text enters the stream as text input: its bytes queue up and fill the text slots of the
+next units in place of the model's own prediction (k bytes a unit, PAD after the last; the
+model then conditions on them as on any text of the stream, and they come out as captions).
+
 A plain class, called by tests in-process and by the worker shell (worker.py): it never
 touches a transport, a pipe, a clock or a signal. `ship` and `emit` are the shell's callbacks.
 """
@@ -21,7 +25,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import Tensor
+
+from model.config import PAD
 
 from model.duplex import Latents
 from model.kv_cache import KVRows
@@ -40,6 +47,14 @@ class Decoded:
     stages: dict[str, float]  # seconds per stage spent on this unit by the thinker
 
 
+def typed_slots(typed: deque[int], k: int, device: torch.device) -> Tensor | None:
+    """The next k typed bytes as forced text slots (1, k), PAD after the last; None when none wait."""
+    if not typed:
+        return None
+    slots = [typed.popleft() for _ in range(min(k, len(typed)))]
+    return torch.tensor([slots + [PAD] * (k - len(slots))], dtype=torch.long, device=device)
+
+
 Ship = Callable[[int, KVRows], None]  # (unit, its new KV rows) -> the performer
 Emit = Callable[[Decoded], None]  # one decoded unit -> the output
 
@@ -51,8 +66,9 @@ class Thinker:
         self.timer = timer if timer is not None else StageTimer()
         self.max_pending = max_pending
         self.state: SessionState | None = None
-        self._pending: deque[tuple[int, Tensor, Tensor]] = deque()
+        self._pending: deque[tuple[int, Tensor, Tensor, bytes]] = deque()
         self._text: dict[int, Tensor] = {}
+        self._typed: deque[int] = deque()  # typed bytes not yet in a text slot
         self._next_input = 0  # the unit index on_unit expects next
         self._awaiting: int | None = None  # the unit whose rows were shipped, latents not yet back
         self._sent = 0  # logical KV rows the performer already holds
@@ -63,6 +79,7 @@ class Thinker:
         self.state = st = self.s.new_state()
         self._pending.clear()
         self._text.clear()
+        self._typed.clear()
         self._next_input, self._awaiting = 0, None
         self.s.prefill(st, character)
         self._sent = st.cache.length
@@ -74,8 +91,9 @@ class Thinker:
         return not self._pending and self._awaiting is None
 
     # -- events -----------------------------------------------------------------------------
-    def on_unit(self, unit: int, frames: Tensor, audio: Tensor) -> None:
-        """Input unit `unit`: frames (B, 4, 3, H, W), audio (B, samples_per_unit) in [-1, 1]."""
+    def on_unit(self, unit: int, frames: Tensor, audio: Tensor, text: bytes = b"") -> None:
+        """Input unit `unit`: frames (B, 4, 3, H, W), audio (B, samples_per_unit) in [-1, 1];
+        `text`: bytes typed since the previous unit (B = 1)."""
         if self.state is None:
             raise RuntimeError(f"input unit {unit} before open(): start the session first")
         if unit != self._next_input:
@@ -85,7 +103,7 @@ class Thinker:
             raise OverflowError(f"{len(self._pending)} input units already wait for the performer "
                                 f"(max_pending={self.max_pending}); the pair has fallen behind")
         self._next_input += 1
-        self._pending.append((unit, frames, audio))
+        self._pending.append((unit, frames, audio, text))
         self._start_next()
 
     def on_latents(self, unit: int, z: Latents) -> None:
@@ -120,13 +138,14 @@ class Thinker:
         st = self.state
         if not self._pending or self._awaiting is not None or st is None:
             return
-        n, frames, audio = self._pending.popleft()
+        n, frames, audio, text = self._pending.popleft()
+        self._typed.extend(text)
         # 1. encode obs_n and append its KV
         with self.timer.stage(n, "encode"):
             self.s.observe(st, frames, audio)
         # 2. the k text slots of unit n
         with self.timer.stage(n, "language"):
-            tokens, _ = self.s.speak(st)
+            tokens, _ = self.s.speak(st, forced=typed_slots(self._typed, self.s.lay.text, frames.device))
         self._text[n] = tokens
         # 3. ship the rows the performer lacks: resp_{n-1}, obs_n, text_n (all layers)
         rows = st.cache.rows(self._sent, st.cache.length)

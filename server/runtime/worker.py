@@ -173,7 +173,7 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
             shell.send(SessionOpened(session))
         elif isinstance(ev, InputUnit):
             thinker.on_unit(ev.unit, torch.from_numpy(ev.frames).to(device),
-                            torch.from_numpy(ev.audio).to(device))
+                            torch.from_numpy(ev.audio).to(device), ev.text)
         elif isinstance(ev, Packet) and ev.kind is PacketKind.LATENTS:
             timer.add(ev.unit, "transfer", ev.seconds)
             latents_in[ev.unit] = (ev.nbytes, ev.seconds)

@@ -15,10 +15,12 @@ def start_session(sup: Supervisor, cfg: ModelConfig, seed: int = 0) -> Session:
 
 
 def run_units(session: Session, cfg: ModelConfig, units: int, stream_seed: int = 0,
-              timeout: float = 30.0) -> tuple[list[UnitOutput], SessionEnd]:
-    """Hand over `units` synthetic units as fast as the pair takes them; close; every output."""
+              timeout: float = 30.0, typed: dict[int, bytes] | None = None
+              ) -> tuple[list[UnitOutput], SessionEnd]:
+    """Hand over `units` synthetic units (with `typed` text: unit -> bytes) as fast as the pair
+    takes them; close; every output."""
     for n in range(units):
-        session.submit(*synthetic_unit(cfg, stream_seed, n))
+        session.submit(*synthetic_unit(cfg, stream_seed, n), (typed or {}).get(n, b""))
     end = session.close(timeout)
     outputs = []
     while (out := session.outputs.get(timeout=0)) is not None:

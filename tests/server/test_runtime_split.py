@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from model.config import ModelConfig
+from model.config import PAD, ModelConfig
 from model.duplex import build_model
 from model.kv_cache import KVRows
 from model.streaming import Streamer
@@ -24,6 +24,7 @@ from tests.server.pair_helpers import TINY, run_units, start_session
 
 UNITS = 24  # > window_units of tiny (3): the ring of the KV cache wraps many times
 SEED = 7
+TYPED = {5: "Hé".encode(), 6: b"llo!"}  # typed text: 7 bytes fill the 3 slots of units 5, 6, 7
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def reference(tiny_cfg: ModelConfig) -> list[Decoded]:
     try:
         streamer = Streamer(build_model(tiny_cfg, seed=0))
         inputs = (tuple(map(torch.from_numpy, synthetic_unit(tiny_cfg, 0, n))) for n in range(UNITS))
-        return run_single(streamer, synthetic_character(tiny_cfg), SEED, inputs)
+        return run_single(streamer, synthetic_character(tiny_cfg), SEED, inputs, TYPED)
     finally:
         torch.set_num_threads(threads)
 
@@ -43,7 +44,7 @@ def reference(tiny_cfg: ModelConfig) -> list[Decoded]:
 def test_split_equals_single_process_bit_for_bit(supervisor: Supervisor, tiny_cfg: ModelConfig,
                                                  reference: list[Decoded]) -> None:
     session = start_session(supervisor, tiny_cfg, seed=SEED)
-    outputs, end = run_units(session, tiny_cfg, UNITS)
+    outputs, end = run_units(session, tiny_cfg, UNITS, typed=TYPED)
     assert end.ok, end.reason
     assert [o.unit for o in outputs] == list(range(UNITS))
     assert set(outputs[1].stages) == {"encode", "language", "kv_update", "transfer", "decode"}
@@ -54,6 +55,9 @@ def test_split_equals_single_process_bit_for_bit(supervisor: Supervisor, tiny_cf
         assert torch.equal(torch.from_numpy(out.z_audio), ref.z.audio[0]), where
         assert torch.equal(torch.from_numpy(out.frames), ref.frames[0]), where
         assert torch.equal(torch.from_numpy(out.audio), ref.audio[0]), where
+    # the typed bytes entered the text stream in order, PAD after the last
+    typed = torch.cat([torch.from_numpy(outputs[n].text) for n in (5, 6, 7)]).tolist()
+    assert typed == list("Héllo!".encode()) + [PAD, PAD]
     # a sanity check of the check: the units differ from each other
     assert not torch.equal(reference[0].frames, reference[1].frames)
 
@@ -72,10 +76,10 @@ def _in_process_pair(cfg: ModelConfig, arrival: str) -> Iterator[Decoded]:
     units = [tuple(map(torch.from_numpy, synthetic_unit(cfg, 0, n))) for n in range(UNITS)]
     if arrival == "ahead":
         for n, (frames, audio) in enumerate(units):
-            thinker.on_unit(n, frames, audio)
+            thinker.on_unit(n, frames, audio, TYPED.get(n, b""))
     for n in range(UNITS):
         if arrival == "lockstep":
-            thinker.on_unit(n, *units[n])
+            thinker.on_unit(n, *units[n], TYPED.get(n, b""))
         sent, rows = rows_fifo.popleft()
         solved = performer.on_rows(rows)
         assert sent == solved.unit == n and set(solved.stages) == {"kv_update", "solve"}

@@ -1,0 +1,287 @@
+"""The boundary between the front end and model compute: `Engine` and `EngineSession`, and
+`RuntimeEngine`, their implementation over the thinker-performer runtime (server/runtime/).
+
+The front end lives on an asyncio loop and never waits on the model. What crosses here is
+media at the model's rates, as numpy arrays the front end can hand to PyAV: frames
+(4, H, W, 3) uint8 RGB at 25 fps and audio (3840,) float32 at 24 kHz, in 160 ms units.
+
+RuntimeEngine runs one supervised worker pair per concurrent call (the runtime serves one
+session a pair). Its threads and the loop meet in two places only:
+  in   submit() returns at once; a per-session thread converts the unit to the runtime's
+       float layout and hands it over (a pipe write can block while the thinker is busy)
+  out  a per-session thread takes decoded units from the runtime's bounded queue, converts
+       them, and passes them to the loop with call_soon_threadsafe
+This module knows nothing of WebRTC, HTTP or Prometheus.
+"""
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+from model.config import PAD, ModelConfig
+from model.streaming import Character
+from server.runtime.pair import Fault
+from server.runtime.session import Session, SessionEnded
+from server.runtime.supervisor import RuntimeConfig, Supervisor
+from server.runtime.timings import RecordSink
+from server.runtime.unit_clock import UnitClock
+
+log = logging.getLogger("duplex.engine")
+OUTPUT_QUEUE = 8  # decoded units waiting for the loop; the oldest goes first when full
+MAX_TYPED_BYTES = 2048  # typed text waiting for text slots (k bytes a unit); more is refused
+
+
+class AtCapacity(Exception):
+    """No call can start now; retry after `retry_after_s` seconds."""
+
+    def __init__(self, reason: str, retry_after_s: int = 2):
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class UnitOutput:
+    """One unit of the avatar, ready for the output tracks."""
+    unit: int
+    frames: np.ndarray  # (4, H, W, 3) uint8 RGB
+    audio: np.ndarray  # (3840,) float32 in [-1, 1] at 24 kHz
+    text: str  # what the avatar says in this unit ("" when silent)
+    signal_to_signal_s: float  # unit handed to the model -> its output ready (model side)
+    ready_at: float  # time.monotonic() when the output reached the daemon
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: handover, <role>.<stage>
+
+
+class EngineSession(Protocol):
+    id: str
+    clock: UnitClock  # the unit clock of this session: unit n is due at clock.due(n)
+    outputs: asyncio.Queue[UnitOutput]
+    ended: asyncio.Event  # set once the session is over and its resources are free
+    end_reason: str
+
+    def submit(self, unit: int, frames: np.ndarray, audio: np.ndarray) -> None:
+        """Input unit `unit` (frames (4, H, W, 3) uint8, audio (3840,) float32); never blocks."""
+
+    def submit_text(self, text: str) -> bool:
+        """Typed text from the page; returns whether it enters the model's stream."""
+
+    def close(self, reason: str) -> None:
+        """End the session (never blocks); `ended` is set once it is over."""
+
+
+class Engine(Protocol):
+    ready: bool  # workers loaded and serving
+    capacity: int  # calls at once
+    active: int  # calls holding a slot (a closing call holds it until its resources are free)
+    kv_cache_tokens: int  # KV rows in use per layer, summed over the calls
+
+    async def start(self) -> None:
+        """Load the model and start the workers; returns once they are ready."""
+
+    async def start_session(self, character: Character) -> EngineSession:
+        """Prefill `character` and start its unit clock; raises AtCapacity when full."""
+
+    async def stop(self) -> None:
+        """End every session and stop the workers; nothing is left running."""
+
+
+class TextDecoder:
+    """Text slots -> caption text: bytes are UTF-8 (a character may span units), specials
+    (PAD, BOS, EOS) are not shown, and bytes that are not UTF-8 or not printable are dropped."""
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def __call__(self, tokens: np.ndarray) -> str:
+        text = self._utf8.decode(bytes(int(t) for t in tokens if t < PAD))
+        return "".join(c for c in text if c.isprintable() and c != "\ufffd")
+
+
+class RuntimeSession:
+    """One call on one supervised pair; created by RuntimeEngine.start_session."""
+
+    def __init__(self, sid: str, session: Session, loop: asyncio.AbstractEventLoop,
+                 kv_rows: tuple[int, int, int], on_free: Callable[[], None]):
+        self.id, self.clock = sid, session.clock
+        self.outputs: asyncio.Queue[UnitOutput] = asyncio.Queue(OUTPUT_QUEUE)
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self.kv_cache_tokens = 0
+        self._session, self._loop, self._on_free = session, loop, on_free
+        self._sinks, self._unit_rows, self._window = kv_rows
+        self._text = TextDecoder()
+        self._handed: dict[int, tuple[float, float]] = {}  # unit -> (submit called, handed over)
+        self._typed = b""  # typed text that goes with the next unit
+        self._lock = threading.Lock()  # guards the two flags and the hand-over thread's queue
+        self._closing = False  # close() was called: no more units
+        self._over = False  # the runtime session has ended: the hand-over thread is shut
+        self._in = ThreadPoolExecutor(1, thread_name_prefix=f"duplex-in-{sid}")
+        self._reader = threading.Thread(target=self._read, name=f"duplex-out-{sid}", daemon=True)
+        self._reader.start()
+
+    # -- the loop's side --------------------------------------------------------------------
+    def submit(self, unit: int, frames: np.ndarray, audio: np.ndarray) -> None:
+        with self._lock:
+            if not (self._closing or self._over):
+                typed, self._typed = self._typed, b""
+                self._in.submit(self._hand_over, unit, frames, audio, typed, time.monotonic())
+
+    def submit_text(self, text: str) -> bool:
+        """The bytes go with the next unit; the thinker feeds them into the next text slots."""
+        data = text.encode()
+        with self._lock:
+            if self._closing or self._over or len(self._typed) + len(data) > MAX_TYPED_BYTES:
+                return False
+            self._typed += data
+        return True
+
+    def close(self, reason: str) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            self.end_reason = self.end_reason or reason
+            if not self._over:
+                self._in.submit(self._end_runtime_session)  # after the units already queued
+
+    # -- the threads' side ------------------------------------------------------------------
+    def _hand_over(self, unit: int, frames: np.ndarray, audio: np.ndarray, typed: bytes,
+                   called: float) -> None:
+        # (4, H, W, 3) uint8 -> (1, 4, 3, H, W) float32 in [-1, 1]; audio -> (1, 3840)
+        f = frames.transpose(0, 3, 1, 2)[None].astype(np.float32) * (2 / 255) - 1
+        self._handed[unit] = (called, time.monotonic())  # before: the output may beat us back
+        try:
+            n = self._session.submit(f, audio[None].astype(np.float32, copy=False), typed)
+        except SessionEnded:
+            return  # the reader notices the end and reports its reason
+        if n != unit:  # a front-end bug: end the call rather than feed the model out of order
+            log.error("session %s: unit %d handed over as the runtime's unit %d", self.id, unit, n)
+            self.end_reason = f"internal error: input unit {unit} arrived as unit {n}"
+            self._end_runtime_session()
+
+    def _end_runtime_session(self) -> None:
+        """The pair finishes the units handed over, then frees the session (the reader sees it)."""
+        try:
+            self._session.close(timeout=10.0)
+        except TimeoutError as e:  # a hung pair: the supervisor's hang detection ends it
+            log.warning("session %s: %s", self.id, e)
+
+    def _read(self) -> None:
+        s = self._session
+        while True:
+            out = s.outputs.get(timeout=0.05)
+            if out is not None:
+                ready = time.monotonic()
+                called, started = self._handed.pop(out.unit, (ready, ready))
+                self.kv_cache_tokens = self._sinks + min(out.unit + 1, self._window) * self._unit_rows
+                frames = ((out.frames.transpose(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+                timings = {"handover": started - called, **{f"thinker.{k}": v for k, v in out.stages.items()}}
+                uo = UnitOutput(out.unit, frames, out.audio.astype(np.float32, copy=False),
+                                self._text(out.text), ready - started, ready, timings)
+                self._loop.call_soon_threadsafe(self._deliver, uo)
+            elif s.end is not None:
+                break
+        reason = self.end_reason or s.end.reason
+        self.kv_cache_tokens = 0
+        with self._lock:
+            self._over = True
+        self._in.shutdown(wait=True)
+        self._on_free()
+        self._loop.call_soon_threadsafe(self._finish, reason)
+
+    def join(self, timeout: float) -> None:
+        """Wait for the reader thread (after the runtime session has ended)."""
+        self._reader.join(timeout)
+
+    def _deliver(self, out: UnitOutput) -> None:
+        if self.outputs.full():
+            self.outputs.get_nowait()  # a stalled consumer loses the oldest unit, never blocks us
+        self.outputs.put_nowait(out)
+
+    def _finish(self, reason: str) -> None:
+        self.end_reason = reason
+        self.ended.set()
+
+
+class RuntimeEngine:
+    """`pairs` supervised thinker-performer pairs; each serves one call at a time."""
+
+    def __init__(self, cfg: RuntimeConfig, model: ModelConfig, pairs: int = 1,
+                 sink: RecordSink | None = None, on_fault: Callable[[Fault], None] | None = None):
+        self.cfg, self.capacity = cfg, pairs
+        self._sink, self._on_fault = sink, on_fault
+        self._sups: list[Supervisor] = []
+        self._busy: dict[int, RuntimeSession | None] = {}  # pair index -> its call (None: opening)
+        self._lock = threading.Lock()
+        self._seq = 0
+        lay = model.layout  # the preset's, or the checkpoint's
+        self._kv = (lay.sinks, lay.unit, lay.window_units)
+
+    @property
+    def ready(self) -> bool:
+        # a fault is appended before the pair restarts, restarts counted once it is up again
+        return bool(self._sups) and all(len(s.faults) == s.restarts for s in self._sups)
+
+    @property
+    def active(self) -> int:
+        return len(self._busy)
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return sum(s.kv_cache_tokens for s in list(self._busy.values()) if s is not None)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self.capacity):
+            # it logs faults and restarts the pair; the session gets the reason
+            sup = Supervisor(self.cfg, sink=self._sink, on_fault=self._on_fault)
+            await loop.run_in_executor(None, sup.start)
+            self._sups.append(sup)
+
+    async def start_session(self, character: Character) -> RuntimeSession:
+        if not self.ready:
+            raise AtCapacity("the model workers are starting; try again shortly", retry_after_s=5)
+        with self._lock:
+            free = [i for i in range(len(self._sups)) if i not in self._busy]
+            if not free:
+                raise AtCapacity(f"all {self.capacity} call slot(s) are in use", retry_after_s=2)
+            pair = free[0]
+            self._busy[pair] = None  # reserved while the character is prefilled
+            self._seq += 1
+            sid, seed = f"{pair}.{self._seq}", self._seq
+        loop = asyncio.get_running_loop()
+        try:
+            session = await loop.run_in_executor(
+                None, lambda: self._sups[pair].open_session(character, seed=seed, timeout=5.0))
+        except (TimeoutError, RuntimeError) as e:  # the pair is restarting after a fault
+            self._free(pair)
+            raise AtCapacity(f"the call could not start: {e}", retry_after_s=5) from e
+        except BaseException:
+            self._free(pair)
+            raise
+        with self._lock:  # a session that ends at once frees its slot only after this
+            rs = RuntimeSession(sid, session, loop, self._kv, on_free=lambda: self._free(pair))
+            self._busy[pair] = rs
+        return rs
+
+    def _free(self, pair: int) -> None:
+        with self._lock:
+            self._busy.pop(pair, None)
+
+    async def stop(self) -> None:
+        # 1. end the calls, 2. stop the pairs (each session ends), 3. wait for the readers
+        sessions = [s for s in self._busy.values() if s is not None]
+        for s in sessions:
+            s.close("the daemon is shutting down")
+        loop = asyncio.get_running_loop()
+        for sup in self._sups:
+            await loop.run_in_executor(None, sup.close)
+        for s in sessions:
+            await loop.run_in_executor(None, s.join, 5.0)

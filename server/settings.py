@@ -1,0 +1,94 @@
+"""The daemon's settings: one typed object read from flags (`duplex serve --port 9000`) and
+from the environment (`DUPLEX_PORT=9000`); a flag wins over the environment.
+
+Runtime settings only: the model's own configuration is its preset (model/config.py), which
+never reads the environment. Parsing and validation only: nothing is started here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from model.config import PRESETS
+
+SHIPPED_CHARACTERS = Path(__file__).parent / "characters"
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, as the browser's RTCIceServer takes it."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    urls: list[str] = Field(min_length=1)  # e.g. ["stun:stun.example.org:3478"]
+    username: str | None = None  # TURN only
+    credential: str | None = None  # TURN only
+
+    @field_validator("urls")
+    @classmethod
+    def _schemes(cls, urls: list[str]) -> list[str]:
+        for u in urls:
+            if not u.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"ICE server URL {u!r} must start with stun:, stuns:, turn: or turns:")
+        return urls
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DUPLEX_", extra="forbid", frozen=True,
+                                      cli_kebab_case=True, cli_prog_name="duplex serve",
+                                      cli_implicit_flags=True)
+
+    host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port")
+    preset: str = Field("cpu", description=f"model preset: {', '.join(PRESETS)}")
+    checkpoint: Path | None = Field(None, description="checkpoint folder (safetensors + config.json); "
+                                                      "unset: seeded dummy weights")
+    transport: Literal["auto", "gloo", "ipc", "nccl"] = Field(
+        "auto", description="thinker<->performer transport; auto picks from the GPUs present")
+    devices: str | None = Field(None, description="GPU indices the workers may use, e.g. '0,1' "
+                                                  "(sets CUDA_VISIBLE_DEVICES for them)")
+    threads: int = Field(1, ge=1, description="torch threads per worker on CPU")
+    max_sessions: int = Field(1, ge=1, description="calls served at once; each has its own "
+                                                   "thinker-performer pair")
+    auth_token: SecretStr | None = Field(None, description="if set, POST /offer needs "
+                                                           "'Authorization: Bearer <token>'")
+    ice_servers: list[IceServer] = Field(default_factory=list, description=(
+        'STUN/TURN servers as JSON, e.g. \'[{"urls": ["stun:stun.example.org:3478"]}]\'; '
+        "empty: host candidates only (loopback, LAN)"))
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    characters: Path = Field(SHIPPED_CHARACTERS, description="folder of characters, one sub-folder each")
+    max_call_s: float = Field(600.0, gt=0, description="a call ends after this many seconds")
+    liveness_s: float = Field(2.5, gt=0, description="a call whose page sent nothing for this long "
+                                                     "(it pings every second) is ended and freed: "
+                                                     "a closed tab or a lost network is gone in < 3 s")
+    connect_timeout_s: float = Field(15.0, gt=0, description="a call whose data channel is not open "
+                                                             "this long after the answer is ended")
+    max_offer_bytes: int = Field(65536, ge=1024, description="largest POST /offer body accepted")
+    ready_timeout_s: float = Field(120.0, gt=0, description="worker start-up (model load) limit")
+    drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM/SIGINT: no new calls at once, "
+                                                         "running calls go on for up to this long, "
+                                                         "then end with 'server draining'")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return name
+
+    @field_validator("devices")
+    @classmethod
+    def _device_list(cls, devices: str | None) -> str | None:
+        if devices is not None and not all(d.strip().isdigit() for d in devices.split(",")):
+            raise ValueError(f"devices must be comma-separated GPU indices such as '0,1', got {devices!r}")
+        return devices
+
+    @property
+    def loopback(self) -> bool:
+        """Bound to this machine only: ICE must then offer a loopback candidate too."""
+        return self.host in ("localhost", "::1") or self.host.startswith("127.")
+
+
+def parse_settings(argv: list[str]) -> Settings:
+    """Flags over `DUPLEX_*` environment variables over defaults; `--help` exits with usage."""
+    return CliApp.run(Settings, cli_args=argv)

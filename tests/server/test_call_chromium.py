@@ -1,0 +1,86 @@
+"""A real browser calls `duplex serve`: headless Chromium (Debian's, driven by Playwright, with
+a fake camera and microphone) loads the page, presses Call, and decodes the avatar's video
+(>= 50 frames in 5 s) while its audio plays; a screenshot of the page in call is saved to
+test-artifacts/. Under CI=true a missing Chromium or Playwright fails the test.
+DUPLEX_TEST_PRESET=cpu runs it on the `cpu` preset (the default is `tiny`, fast)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from model.config import preset
+from tests.server.call_helpers import ARTIFACTS, Daemon, chromium, metric
+
+pytestmark = pytest.mark.timeout(180)
+PRESET = os.environ.get("DUPLEX_TEST_PRESET", "tiny")
+INBOUND = """async () => {
+  const out = {};
+  (await window.duplex.pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp") out[s.kind] = {frames: s.framesDecoded, samples: s.totalSamplesReceived,
+                                                 energy: s.totalAudioEnergy, concealed: s.concealedSamples};
+  });
+  return out;
+}"""
+# The remote stream's loudness through WebAudio: the audio really reaches the page's output.
+LOUDNESS = """async () => {
+  const ctx = new AudioContext();
+  const an = ctx.createAnalyser();
+  ctx.createMediaStreamSource(document.getElementById("remote").srcObject).connect(an);
+  const buf = new Float32Array(an.fftSize);
+  let peak = 0;
+  for (let i = 0; i < 20; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    an.getFloatTimeDomainData(buf);
+    peak = Math.max(peak, ...buf.map(Math.abs));
+  }
+  await ctx.close();
+  return peak;
+}"""
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    d = Daemon(preset=PRESET)
+    d.wait_ready()
+    yield d
+    assert d.stop() == 0, d.log_text()
+
+
+async def test_chromium_calls_and_decodes_the_avatar_with_audio_playing(daemon):
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1100, "height": 720})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        await page.goto(daemon.url + "/")
+        await page.wait_for_function("!document.getElementById('call').disabled", timeout=15_000)
+        await page.click("label.character:has-text('Bram')")
+        await page.click("#call")
+        await page.wait_for_function("window.duplex.state === 'in-call'", timeout=20_000)
+        await page.wait_for_function(
+            "document.getElementById('remote').readyState >= 2 && !document.getElementById('remote').paused",
+            timeout=15_000)
+        before, t0 = await page.evaluate(INBOUND), time.monotonic()
+        await asyncio.sleep(5.0)
+        after, seconds = await page.evaluate(INBOUND), time.monotonic() - t0
+        peak = await page.evaluate(LOUDNESS)
+        await page.wait_for_function("document.getElementById('lat-model').textContent.endsWith('ms')")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / f"chromium_in_call_{PRESET}.png"))
+        video = await page.evaluate("(() => { const v = document.getElementById('remote'); "
+                                    "return {w: v.videoWidth, h: v.videoHeight, paused: v.paused, muted: v.muted}; })()")
+        await page.click("#hangup")
+        await page.wait_for_function("window.duplex.state === 'idle'")
+    frames = after["video"]["frames"] - before["video"]["frames"]
+    samples = after["audio"]["samples"] - before["audio"]["samples"]
+    concealed = after["audio"]["concealed"] - before["audio"]["concealed"]
+    assert frames >= 50 * seconds / 5, f"{frames} frames decoded in {seconds:.1f} s; console: {console}"
+    assert samples >= 0.9 * 48_000 * seconds and concealed < 0.1 * samples, (samples, concealed)
+    assert after["audio"]["energy"] > before["audio"]["energy"] and peak > 0.01, "the audio is not silent"
+    size = preset(PRESET).video
+    assert video == {"w": size.width, "h": size.height, "paused": False, "muted": False}
+    await asyncio.sleep(0.5)
+    text = daemon.metrics()
+    assert metric(text, "duplex_sessions_total", 'outcome="ok"') == 1, "Hang up ended the call"
