@@ -28,7 +28,9 @@ TRANSFER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0
 # The front end's own share: goal <= 10 ms added beyond the model.
 FRONTEND_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06,
                     0.08, 0.16, 0.32)
-OUTCOMES = ("ok", "dropped", "max_length", "error", "shutdown", "rejected")
+# ended: ok (hung up), dropped, max_length, error, shutdown (ended by the drain);
+# refused: rejected (at capacity, not ready), draining (refused while draining)
+OUTCOMES = ("ok", "dropped", "max_length", "error", "shutdown", "rejected", "draining")
 
 
 def package_version() -> str:

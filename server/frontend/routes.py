@@ -49,7 +49,7 @@ async def offer(request: web.Request) -> web.Response:
     except OfferError as e:
         return refuse(e.status, e.reason)
     except AtCapacity as e:
-        front.metrics.sessions.labels("rejected").inc()
+        front.metrics.sessions.labels("rejected" if front.accepting else "draining").inc()
         return refuse(503, f"the server is busy: {e}; try again in {e.retry_after_s} s",
                       {"Retry-After": str(e.retry_after_s)})
     return web.json_response({"sdp": sdp, "type": "answer", "session": call.id})
