@@ -30,6 +30,9 @@ FRONTEND_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03
                     0.08, 0.16, 0.32)
 # ended: ok (hung up), dropped, max_length, error, shutdown (ended by the drain);
 # refused: rejected (at capacity, not ready), draining (refused while draining)
+# where a call's media can fail (server/frontend/call.py's tasks, the output tracks)
+MEDIA_PATHS = ("video input", "audio input", "unit clock", "playout", "watchdog", "video output",
+               "audio output")
 OUTCOMES = ("ok", "dropped", "max_length", "error", "shutdown", "rejected", "draining")
 
 
@@ -103,6 +106,8 @@ class Metrics:
         for role in ("thinker", "performer"):
             self.worker_restarts.labels(role)
             self.deadline_misses.labels(role)
+        for where in MEDIA_PATHS:
+            self.media_errors.labels(where)
 
     def observe_record(self, rec: UnitRecord) -> None:
         """One unit's record from the runtime (both workers' stages, transfers, deadlines)."""

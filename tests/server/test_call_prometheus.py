@@ -1,7 +1,8 @@
 """A real Prometheus server (Debian's) scrapes `duplex serve` during a call and answers
-histogram_quantile(0.99, ...) over duplex_unit_latency_seconds_bucket through its HTTP API.
-The test starts its own Prometheus on a free loopback port with its own config and data
-folder. Under CI=true a missing Prometheus fails the test."""
+histogram_quantile(0.99, ...) over duplex_unit_latency_seconds_bucket through its HTTP API;
+then every expression of the shipped Grafana dashboard returns data, and the shipped alert
+rules load and evaluate. The test starts its own Prometheus on a free loopback port with its
+own config (the shipped rules) and data folder. Under CI=true a missing Prometheus fails it."""
 from __future__ import annotations
 
 import asyncio
@@ -14,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.server.call_client import CallClient
-from tests.server.call_helpers import ARTIFACTS, Daemon, free_port, http, need_binary
+from tests.deploy.dashboard import dashboard_exprs
+from tests.server.call_helpers import ARTIFACTS, REPO, Daemon, free_port, http, need_binary
 
 pytestmark = pytest.mark.timeout(180)
 QUERY = "histogram_quantile(0.99, sum by (le) (rate(duplex_unit_latency_seconds_bucket[20s])))"
+RULES = REPO / "deploy/prometheus/rules/duplex.rules.yml"
+ALERTS = {"DuplexDeadlineMissesRising", "DuplexSignalToSignalP99High", "DuplexWorkerRestarts",
+          "DuplexCallsRefusedAtCapacity", "DuplexNoReadyCapacity", "DuplexTargetDown"}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +41,8 @@ def prometheus(daemon: Daemon, tmp_path: Path):
     config.write_text(f"""global:
   scrape_interval: 1s
   evaluation_interval: 1s
+rule_files:
+  - {RULES}
 scrape_configs:
   - job_name: duplex
     static_configs:
@@ -106,3 +113,17 @@ async def test_prometheus_scrapes_the_daemon_and_answers_the_p99_unit_latency(da
     assert info[0]["metric"]["preset"] == "tiny" and info[0]["metric"]["transport"] == "gloo"
     stages = query(prometheus, 'sum by (role, stage) (duplex_stage_duration_seconds_count)')
     assert {(s["metric"]["role"], s["metric"]["stage"]) for s in stages} >= {("thinker", "encode"), ("performer", "solve")}
+
+    # the shipped dashboard: every panel's expression has data after a real call (GPU memory
+    # has none on a CPU daemon: it is exported only where GPUs are used)
+    await asyncio.sleep(2.0)  # scrapes after the hang-up: the outcome counter moved
+    empty = [(title, expr) for title, expr in dashboard_exprs()
+             if "gpu_memory" not in expr and not query(prometheus, expr)]
+    assert empty == [], f"dashboard expressions without data: {empty}"
+    # the shipped alert rules are loaded, evaluate without error, and none fires on a healthy call
+    status, _, body = http(prometheus + "/api/v1/rules")
+    rules = [r for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
+    assert {r["name"] for r in rules if r["type"] == "alerting"} >= ALERTS
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    firing = [a["labels"]["alertname"] for a in json.loads(http(prometheus + "/api/v1/alerts")[2])["data"]["alerts"]]
+    assert "DuplexTargetDown" not in firing and "DuplexWorkerRestarts" not in firing, firing
