@@ -28,6 +28,7 @@ import torch
 
 from bench.model_step import device_name, git_commit
 from bench.roofline import measure_peaks, roofline_table, stage_costs
+from model.attention import BACKENDS
 from model.config import UNIT_SECONDS, preset
 from model.duplex import build_model
 from model.streaming import Streamer
@@ -158,6 +159,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--transport", default="auto", choices=("auto", *TRANSPORTS))
     ap.add_argument("--units", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (CPU)")
+    ap.add_argument("--backend", default="sdpa", choices=BACKENDS, help="the model's kernels")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="replay the steady-state steps as CUDA graphs (units past the window)")
     ap.add_argument("--peak-flops", type=float, help="peak FLOP/s of one role's device (default: measured)")
     ap.add_argument("--peak-bw", type=float, help="peak memory bytes/s (default: measured)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -166,7 +170,8 @@ def main(argv: list[str]) -> int:
 
     cfg = preset(args.preset)
     stats = RunStats()
-    rc = RuntimeConfig(preset=args.preset, transport=args.transport, threads=args.threads)
+    rc = RuntimeConfig(preset=args.preset, transport=args.transport, threads=args.threads,
+                       backend=args.backend, cuda_graphs=args.cuda_graphs)
     t0 = time.monotonic()
     with Supervisor(rc, sink=stats) as sup:
         startup = time.monotonic() - t0
@@ -178,7 +183,8 @@ def main(argv: list[str]) -> int:
     r: dict[str, Any] = {
         "preset": args.preset, "transport": transport, "device": device_name(device),
         "commit": git_commit(), "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "threads_per_worker": args.threads, "startup_s": startup,
+        "threads_per_worker": args.threads, "backend": args.backend, "cuda_graphs": args.cuda_graphs,
+        "startup_s": startup,
         "session_end": {"ok": end.ok, "reason": end.reason, "dropped_outputs": end.dropped_outputs},
         "input_handover_late_ms": {"p50": float(np.percentile(lateness, 50)),
                                    "p99": float(np.percentile(lateness, 99))},

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from model.attention import BACKENDS, Backend
 from model.config import preset
 from model.duplex import Latents, build_model
 from model.streaming import Character, Streamer
@@ -58,10 +59,12 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, floa
     return out, (time.perf_counter() - t0) * 1000.0
 
 
-def run(preset_name: str, device: torch.device, dtype: torch.dtype, units: int, warmup: int) -> dict:
+def run(preset_name: str, device: torch.device, dtype: torch.dtype, units: int, warmup: int,
+        backend: Backend = "sdpa", cuda_graphs: bool = False) -> dict:
     cfg = preset(preset_name)
     model = build_model(cfg, seed=0, device=device, dtype=dtype)
-    s = Streamer(model)
+    model.transformer.backend = backend
+    s = Streamer(model, cuda_graphs=cuda_graphs)
     st = s.new_state()
     g = torch.Generator(device="cpu").manual_seed(0)
     voice = cfg.character.voice_units * cfg.audio.samples_per_unit
@@ -92,7 +95,8 @@ def run(preset_name: str, device: torch.device, dtype: torch.dtype, units: int, 
     return {
         "bench": "model-step", "preset": preset_name, "device": device_name(device),
         "device_type": device.type, "dtype": str(dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "units": units, "warmup": warmup,
+        "threads": torch.get_num_threads(), "units": units, "warmup": warmup, "backend": backend,
+        "cuda_graphs": cuda_graphs,
         "solver_steps": cfg.flow.steps, "resolution": [cfg.video.width, cfg.video.height],
         "tokens_per_unit": cfg.layout.unit, "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -110,7 +114,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one core a role: 1)")
     p.add_argument("--units", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="units before timing (default 5; with --cuda-graphs, the window + 5: graphs "
+                        "replay only once the KV cache is in steady state)")
+    p.add_argument("--backend", default="sdpa", choices=BACKENDS, help="the model's kernels")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay the steady-state steps as CUDA graphs")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = p.parse_args(argv)
@@ -119,7 +127,9 @@ def main(argv: list[str]) -> int:
         p.error(f"--device {args.device}: no CUDA device here")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.set_num_threads(args.threads)
-    result = run(args.preset, device, dtype, args.units, args.warmup)
+    warmup = args.warmup if args.warmup is not None else (
+        preset(args.preset).layout.window_units + 5 if args.cuda_graphs else 5)
+    result = run(args.preset, device, dtype, args.units, warmup, args.backend, args.cuda_graphs)
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{result['date'][:10]}_model-step_{args.preset}_{device.type}_{args.threads}t.json"
     (args.out / name).write_text(json.dumps(result, indent=2) + "\n")

@@ -7,12 +7,17 @@ logical end of the chunk: before the ring wraps that prefix is exactly what was 
 far; after it wraps it is every row, the not-yet-overwritten tail of unit n - W included
 (layout.py states the same rule as a mask). No mask, no copy, memory fixed by the preset.
 
+Shapes per chunk: the chunk sizes are fixed by the preset, and from unit W on every chunk sees
+the whole capacity, so a chunk's forward differs from unit to unit only in values: its
+inputs and the physical rows it writes, which a span carries as a device tensor (a view of
+`row_ids`), not as a Python int. That is what lets unit_graphs.py capture the steady state.
+
 What the thinker ships to the performer is `rows(start, end)`; the performer `append`s them.
 Counters are Python ints. Pure PyTorch: no processes, no sockets, no clocks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -39,7 +44,7 @@ class KVRows:
 @dataclass
 class CacheSpan:
     """Where a chunk goes and what it sees, computed once per forward for all layers."""
-    write_at: int  # physical row of the chunk's first token
+    rows: Tensor  # (n,) int64 on the cache's device: the physical rows the chunk writes
     visible: int  # the chunk attends to physical rows [0, visible)
 
 
@@ -51,6 +56,10 @@ class KVCache:
     unit_rows: int  # U
     window: int  # W unit slots
     length: int = 0  # logical rows written so far (the high-water mark)
+    row_ids: Tensor = field(init=False)  # (capacity,) int64 0, 1, ...: spans' rows are its slices
+
+    def __post_init__(self) -> None:
+        self.row_ids = torch.arange(self.capacity, device=self.k.device)
 
     @classmethod
     def empty(cls, lay: UnitLayout, n_layers: int, n_kv_heads: int, head_dim: int, batch: int,
@@ -81,7 +90,8 @@ class KVCache:
             raise ValueError(f"chunk rows [{start}, {end}) cross a unit boundary (U={self.unit_rows})")
         if start < self.sinks < end:
             raise ValueError(f"chunk rows [{start}, {end}) mix the sinks (S={self.sinks}) and unit 0")
-        return CacheSpan(write_at=self.physical(start), visible=min(end, self.capacity))
+        write_at = self.physical(start)  # the chunk never crosses a unit: its rows are contiguous
+        return CacheSpan(rows=self.row_ids[write_at:write_at + n], visible=min(end, self.capacity))
 
     def advance(self, end: int) -> None:
         """Called by the owner after a forward that wrote logical rows up to `end`."""

@@ -10,6 +10,8 @@ A session starts with prefill(state, character): the character's tokens become t
 
 `Streamer` holds the model and nothing of any session; `SessionState` holds one session's
 KV cache, conv states and counters (Python ints), so one model serves many sessions.
+`Streamer(model, cuda_graphs=True)` runs each step's Transformer forward through CUDA graphs
+once the cache is in steady state (unit_graphs.py); the outputs are those of the eager path.
 Pure PyTorch: no processes, no sockets, no clocks.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from model.duplex import DuplexModel, Latents, patchify
 from model.flow import solve
 from model.kv_cache import KVCache
 from model.layout import Kind, sink_meta, unit_meta
+from model.unit_graphs import UnitGraphs
 from model.vae import DecoderState
 
 
@@ -47,8 +50,9 @@ class SessionState:
 
 
 class Streamer:
-    def __init__(self, model: DuplexModel):
+    def __init__(self, model: DuplexModel, cuda_graphs: bool = False):
         self.model = model
+        self.graphs = UnitGraphs(model.transformer) if cuda_graphs else None
         self.lay = model.layout
         lay, geo = self.lay, model.geometry
         self._sinks = sink_meta(lay, geo).pos
@@ -70,7 +74,8 @@ class Streamer:
     def _run(self, x: Tensor, t: Tensor | None, pos: Tensor, cache: KVCache, start: int) -> Tensor:
         B, L, _ = x.shape
         t = torch.zeros(B, L, device=x.device) if t is None else t
-        h = self.model.transformer(x, t, pos, cache=cache, start=start)
+        forward = self.graphs if self.graphs is not None else self.model.transformer
+        h = forward(x, t, pos, cache=cache, span=cache.span(start, L))
         cache.advance(start + L)
         return h
 
@@ -86,9 +91,13 @@ class Streamer:
         return KVCache.empty(self.lay, c.n_layers, c.n_kv_heads, c.head_dim, batch,
                              self._device, self._dtype)
 
-    def new_state(self, batch: int = 1) -> SessionState:
+    def new_state(self, batch: int = 1, cache: KVCache | None = None) -> SessionState:
+        """A fresh session; `cache`, an earlier session's, is reset and reused (its CUDA graphs
+        stay valid: they are bound to the cache's tensors)."""
         dev, dt = self._device, self._dtype
-        return SessionState(cache=self.new_cache(batch),
+        if cache is not None:
+            cache.reset()
+        return SessionState(cache=self.new_cache(batch) if cache is None else cache,
                             encoder=self.model.encoder.init_state(batch, dev, dt),
                             decoder=self.model.vae.init_decode_state(batch, dev, dt),
                             last_text=torch.full((batch,), BOS, dtype=torch.long, device=dev))

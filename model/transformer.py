@@ -2,10 +2,11 @@
 time-aligned RoPE, GQA attention with QK-norm, SwiGLU MLP.
 
 `forward(x, t, pos, mask=None)` runs a whole sequence under a mask (training, offline);
-`forward(x, t, pos, cache=..., start=...)` writes the chunk's keys and values into the session's
-KV cache and attends to the cache (serving). The two paths differ only at the attention call.
-The cache is the caller's: this module holds weights only, and the caller advances the cache
-after the forward. Pure PyTorch: no processes, no sockets, no clocks.
+`forward(x, t, pos, cache=..., span=cache.span(start, L))` writes the chunk's keys and values
+into the session's KV cache and attends to the cache (serving). The two paths differ only at
+the attention call. The cache is the caller's: this module holds weights only, and the caller
+advances the cache after the forward. `backend` picks the attention, RoPE and norm+modulation
+implementations (model/attention.py). Pure PyTorch: no processes, no sockets, no clocks.
 """
 from __future__ import annotations
 
@@ -15,9 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.norm_modulate import norm_modulate_reference
-from kernels.rope import rope_reference
-from model.attention import Backend, attend
+from model.attention import Backend, attend, norm_modulate, rotate
 from model.config import TransformerConfig
 from model.kv_cache import CacheSpan, KVCache
 
@@ -69,11 +68,11 @@ class Attention(nn.Module):
         q = self.q_norm(self.wq(x).view(B, L, self.n_heads, self.head_dim)).transpose(1, 2)
         k, v = self.wkv(x).view(B, L, 2, self.n_kv_heads, self.head_dim).unbind(2)
         k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, L, d)
-        q, k = rope_reference(q, cos, sin), rope_reference(k, cos, sin)
+        q, k = rotate(q, cos, sin, backend), rotate(k, cos, sin, backend)
         if cache is not None:
             ck, cv = cache.k[layer], cache.v[layer]  # (B, Hkv, capacity, d)
-            ck[:, :, span.write_at:span.write_at + L] = k
-            cv[:, :, span.write_at:span.write_at + L] = v
+            ck.index_copy_(2, span.rows, k)
+            cv.index_copy_(2, span.rows, v)
             k, v = ck[:, :, :span.visible], cv[:, :, :span.visible]
         o = attend(q, k, v, mask, backend)  # (B, Hq, L, d)
         return self.wo(o.transpose(1, 2).reshape(B, L, -1))
@@ -101,9 +100,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 backend: Backend, cache: KVCache | None, layer: int, span: CacheSpan | None) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(2)  # (B, L, D)
-        h = norm_modulate_reference(x, shift1, scale1, self.eps)
+        h = norm_modulate(x, shift1, scale1, self.eps, backend)
         x = x + gate1 * self.attn(h, cos, sin, mask, backend, cache, layer, span)
-        h = norm_modulate_reference(x, shift2, scale2, self.eps)
+        h = norm_modulate(x, shift2, scale2, self.eps, backend)
         return x + gate2 * self.mlp(h)
 
 
@@ -118,17 +117,22 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
     def forward(self, x: Tensor, t: Tensor, pos: Tensor, mask: Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> Tensor:
+                cache: KVCache | None = None, span: CacheSpan | None = None) -> Tensor:
         """x (B, L, D) embedded tokens; t (B, L) solver time per token (0 = clean context);
-        pos (L, 3). Offline: mask (L, L) bool or None. Serving: cache + logical `start` row."""
+        pos (L, 3). Offline: mask (L, L) bool or None. Serving: the cache and the chunk's span
+        in it, `cache.span(start, L)`."""
         B, L, D = x.shape
         if cache is not None and mask is not None:
             raise ValueError("pass either a mask (whole sequence) or a cache (streaming), not both")
-        span = cache.span(start, L) if cache is not None else None
+        if (cache is None) != (span is None):
+            raise ValueError("streaming needs both the cache and the chunk's span: cache.span(start, L)")
+        if self.backend == "triton" and torch.is_grad_enabled():
+            raise RuntimeError("backend 'triton' is inference only (its kernels have no backward): "
+                               "run under torch.no_grad(), or train with 'reference' or 'sdpa'")
         cos, sin = rope_angles(pos, self.cfg.rope_split, self.cfg.rope_theta)
         temb = nn.functional.silu(self.t_embed(timestep_features(t, D).to(x.dtype)))  # (B, L, D)
         mod = self.t_modulation(temb).view(B, L, 6, D)
         for i, block in enumerate(self.blocks):
             x = block(x, mod, cos, sin, mask, self.backend, cache, i, span)
         shift, scale = self.final_modulation(temb).chunk(2, dim=-1)
-        return norm_modulate_reference(x, shift, scale, self.cfg.norm_eps)
+        return norm_modulate(x, shift, scale, self.cfg.norm_eps, self.backend)

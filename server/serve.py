@@ -62,7 +62,8 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
         metrics.track_gpu_memory(gpu_memory_used)
     checkpoint = None if settings.checkpoint is None else str(settings.checkpoint)
     runtime = RuntimeConfig(preset=settings.preset, checkpoint=checkpoint, transport=transport,
-                            threads=settings.threads, ready_timeout_s=settings.ready_timeout_s)
+                            threads=settings.threads, backend=settings.backend,
+                            cuda_graphs=settings.cuda_graphs, ready_timeout_s=settings.ready_timeout_s)
     engine = RuntimeEngine(runtime, cfg, pairs=settings.max_sessions, sink=metrics.observe_record,
                            on_fault=lambda f: metrics.worker_restarts.labels(f.role.value).inc())
     metrics.session_slots.set(settings.max_sessions)

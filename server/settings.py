@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from model.attention import Backend
 from model.config import PRESETS
 
 SHIPPED_CHARACTERS = Path(__file__).parent / "characters"
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
     devices: str | None = Field(None, description="GPU indices the workers may use, e.g. '0,1' "
                                                   "(sets CUDA_VISIBLE_DEVICES for them)")
     threads: int = Field(1, ge=1, description="torch threads per worker on CPU")
+    backend: Backend = Field("sdpa", description="the model's attention, norm and RoPE kernels: "
+                                                 "reference, sdpa (torch), triton (GPU)")
+    cuda_graphs: bool = Field(False, description="replay each per-unit step as a CUDA graph once the "
+                                                 "KV cache is in steady state (GPU; eager on CPU)")
     max_sessions: int = Field(1, ge=1, description="calls served at once; each has its own "
                                                    "thinker-performer pair")
     auth_token: SecretStr | None = Field(None, description="if set, POST /offer needs "

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.attention import Backend
 from model.config import UNIT_SECONDS
 from model.streaming import Character
 from server.runtime.messages import (CharacterSpec, EndSession, InputUnit, Role, SessionClosed,
@@ -43,6 +44,8 @@ class RuntimeConfig(BaseModel):
     weights_seed: int = 0  # seed of the dummy weights
     transport: str = "auto"  # auto | gloo | ipc | nccl
     threads: int = Field(1, ge=1)  # torch threads per worker on CPU (one core a role)
+    backend: Backend = "sdpa"  # attention, norm and RoPE kernels
+    cuda_graphs: bool = False  # replay each step as a CUDA graph once the cache is in steady state
     heartbeat_s: float = Field(0.1, gt=0)  # each worker writes its heartbeat this often
     hang_s: float = Field(0.5, gt=0)  # no heartbeat for this long: the worker is hung
     poll_s: float = Field(0.02, gt=0)  # the monitor's period
@@ -111,7 +114,7 @@ class Supervisor:
         c = self.cfg
         spec = WorkerSpec(Role.THINKER, c.preset, c.checkpoint, c.weights_seed, self.transport,
                           store_port=0, threads=c.threads, heartbeat_s=c.heartbeat_s,
-                          max_pending=c.max_lag_units)
+                          max_pending=c.max_lag_units, backend=c.backend, cuda_graphs=c.cuda_graphs)
         pair = WorkerPair(spec, c.hang_s)
         try:
             pair.start(c.ready_timeout_s)

@@ -76,7 +76,9 @@ class Thinker:
     # -- session ----------------------------------------------------------------------------
     def open(self, character: Character) -> KVRows:
         """Prefill the character; returns the initial cache (the sinks) for the performer."""
-        self.state = st = self.s.new_state()
+        # one cache for every session of this worker, as the performer keeps its own: memory is
+        # allocated once and captured CUDA graphs are not captured again each call
+        self.state = st = self.s.new_state(cache=None if self.state is None else self.state.cache)
         self._pending.clear()
         self._text.clear()
         self._typed.clear()

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
+from model.attention import Backend
 from model.config import preset
 from model.duplex import DuplexModel, build_model
 from model.streaming import Streamer
@@ -47,6 +48,8 @@ class WorkerSpec:
     threads: int  # torch intra-op threads
     heartbeat_s: float
     max_pending: int
+    backend: Backend  # the model's kernels
+    cuda_graphs: bool
 
 
 class Shell:
@@ -85,7 +88,8 @@ class Shell:
             model = load_checkpoint(spec.checkpoint, device=device)
         else:
             model = build_model(preset(spec.preset), seed=spec.weights_seed, device=device)
-        streamer = Streamer(model)
+        model.transformer.backend = spec.backend
+        streamer = Streamer(model, cuda_graphs=spec.cuda_graphs)
         lay = model.layout
         shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype)
         self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store_port, side,

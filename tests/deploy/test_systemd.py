@@ -117,7 +117,7 @@ def test_env_file_is_a_valid_daemon_configuration(examples: bool,
 
 
 @pytest.mark.timeout(120)
-def test_the_units_execstart_run_by_hand_with_its_env_file_answers_readyz() -> None:
+def test_the_units_execstart_run_by_hand_with_its_env_file_answers_readyz(tmp_path: Path) -> None:
     # The env file is for a two-GPU box: on this CPU machine only what it lacks is overridden
     # (transport, devices, the preset: `tiny` loads in seconds) and the port (a free one).
     argv = shlex.split(service_section()["ExecStart"])
@@ -127,12 +127,14 @@ def test_the_units_execstart_run_by_hand_with_its_env_file_answers_readyz() -> N
     env |= env_file(examples=False) | {"DUPLEX_TRANSPORT": "gloo", "DUPLEX_PRESET": "tiny",
                                        "DUPLEX_PORT": str(port)}
     env.pop("DUPLEX_DEVICES")
-    proc = subprocess.Popen([str(REPO / ".venv/bin/duplex"), *argv[1:]], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(REPO / ".venv/bin/duplex"), *argv[1:]], env=env, cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, proc.communicate()[0].decode()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             try:
                 if http(f"http://127.0.0.1:{port}/readyz", timeout=1)[0] == 200:
                     break
@@ -141,8 +143,8 @@ def test_the_units_execstart_run_by_hand_with_its_env_file_answers_readyz() -> N
             assert time.monotonic() < deadline, "no /readyz 200 within 90 s"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+            proc.wait()

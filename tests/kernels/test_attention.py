@@ -1,8 +1,6 @@
-"""The model's Triton attention backend: the right kernel for each call, clear errors, and the
-tiny model giving the reference backend's outputs offline (mask) and streaming (cache)."""
+"""The model's Triton attention backend: the right kernel for each call and clear errors (the
+whole model on backend "triton": test_model_backend.py)."""
 from __future__ import annotations
-
-from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -11,12 +9,7 @@ import kernels.launch
 from kernels.attention import attention_triton
 from kernels.attention_reference import attention_reference
 from model.attention import attend
-from model.config import tiny
-from model.duplex import Latents, build_model
-from model.streaming import Streamer
-from model.train import forward_sequence
 from tests.kernels.guarded import assert_matches, randn
-from tests.model.synthetic import make_character, make_conversation
 
 
 @pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="fp32"),
@@ -54,39 +47,3 @@ def test_shape_and_device_errors_say_what_was_found(device: torch.device,
     cpu = q.cpu()
     with pytest.raises(RuntimeError, match="need a CUDA device.*TRITON_INTERPRET=1"):
         attention_triton(cpu, cpu, cpu)
-
-
-def test_tiny_model_with_triton_backend_gives_the_reference_outputs(device: torch.device) -> None:
-    """Offline forward under the block-causal mask and unit-by-unit streaming through the
-    cache: the same logits and velocities as the reference backend (2 units, window 1)."""
-    units = 2
-    cfg = tiny().model_copy(update={"window_units": 1})
-    model = build_model(cfg, seed=0)
-    character = make_character(cfg)
-    conv = make_conversation(model, character, units)  # encoded on CPU, then moved
-    model.to(device)
-    conv = replace(conv, resp=Latents(*(x.to(device) for x in conv.resp)),
-                   **{f.name: getattr(conv, f.name).to(device) for f in fields(conv) if f.name != "resp"})
-    g = torch.Generator().manual_seed(3)
-    noisy = Latents(*(torch.randn(x.shape, generator=g).to(device) for x in conv.resp))
-    t = torch.rand(1, units, generator=g).to(device)
-    spf = cfg.audio.samples_per_unit
-
-    def run(backend: str) -> list[torch.Tensor]:
-        model.transformer.backend = backend
-        with torch.no_grad():
-            logits, v = forward_sequence(model, conv, noisy, t, window=1)
-            outs = [logits, v.video, v.audio]
-            s = Streamer(model)
-            st = s.new_state()
-            s.prefill(st, character)
-            for n in range(units):
-                s.observe(st, conv.frames[:, 4 * n:4 * n + 4], conv.audio[:, n * spf:(n + 1) * spf])
-                outs.append(s.speak(st, forced=conv.text[:, n])[1])
-                vn = s.velocity(st.cache, n, Latents(noisy.video[:, n], noisy.audio[:, n]), t[:, n])
-                outs += [vn.video, vn.audio]
-                s.commit(st, Latents(conv.resp.video[:, n], conv.resp.audio[:, n]))
-        return outs
-
-    for i, (got, want) in enumerate(zip(run("triton"), run("reference"), strict=True)):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=lambda m: f"output {i}: {m}")
