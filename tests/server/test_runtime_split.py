@@ -62,17 +62,27 @@ def test_split_equals_single_process_bit_for_bit(supervisor: Supervisor, tiny_cf
     assert not torch.equal(reference[0].frames, reference[1].frames)
 
 
-def _in_process_pair(cfg: ModelConfig, arrival: str) -> Iterator[Decoded]:
+def _in_process_pair(cfg: ModelConfig, arrival: str, sessions: int = 1) -> Iterator[Decoded]:
     """Thinker and Performer cores wired by a FIFO. `ahead`: every input unit arrives before
     any latents come back (the thinker's pending queue and its commit -> next -> decode order);
-    `lockstep`: one unit in flight at a time."""
+    `lockstep`: one unit in flight at a time. The last of `sessions` sessions is returned: each
+    worker keeps its one KV cache for all of them."""
     streamer = Streamer(build_model(cfg, seed=0))
     rows_fifo: deque[tuple[int, KVRows]] = deque()
     decoded: list[Decoded] = []
     thinker = Thinker(streamer, ship=lambda n, rows: rows_fifo.append((n, rows)), emit=decoded.append,
                       max_pending=UNITS)
     performer = Performer(streamer)
+    for _ in range(sessions - 1):  # earlier sessions, on other input, leave their rows behind
+        performer.open(SEED + 1, thinker.open(synthetic_character(cfg)))
+        first_cache = thinker.state.cache
+        for n in range(UNITS // 2):
+            thinker.on_unit(n, *map(torch.from_numpy, synthetic_unit(cfg, 1, n)))
+            thinker.on_latents(n, performer.on_rows(rows_fifo.popleft()[1]).z)
     performer.open(SEED, thinker.open(synthetic_character(cfg)))
+    if sessions > 1:
+        assert thinker.state.cache is first_cache
+    decoded.clear()
     units = [tuple(map(torch.from_numpy, synthetic_unit(cfg, 0, n))) for n in range(UNITS)]
     if arrival == "ahead":
         for n, (frames, audio) in enumerate(units):
@@ -90,13 +100,13 @@ def _in_process_pair(cfg: ModelConfig, arrival: str) -> Iterator[Decoded]:
     yield from decoded
 
 
-@pytest.mark.parametrize("arrival", ["ahead", "lockstep"])
-def test_in_process_cores_equal_single_process_bit_for_bit(tiny_cfg: ModelConfig, arrival: str,
+@pytest.mark.parametrize("arrival, sessions", [("ahead", 1), ("lockstep", 1), ("lockstep", 2)])
+def test_in_process_cores_equal_single_process_bit_for_bit(tiny_cfg: ModelConfig, arrival: str, sessions: int,
                                                             reference: list[Decoded]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        got = list(_in_process_pair(tiny_cfg, arrival))
+        got = list(_in_process_pair(tiny_cfg, arrival, sessions))
     finally:
         torch.set_num_threads(threads)
     assert [d.unit for d in got] == list(range(UNITS))
