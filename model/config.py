@@ -215,16 +215,17 @@ def tiny() -> ModelConfig:
 
 
 def cpu() -> ModelConfig:
-    """Real time on 2 CPU cores (one a role); the default of `make run`."""
+    """Real time on 2 CPU cores shared by the two workers, the front end and a local browser
+    (bench/results/2026-11-27_*: 96x64, 8 units of context); the default of `make run`."""
     return ModelConfig(
         name="cpu",
         transformer=TransformerConfig(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512),
-        video=VideoConfig(height=96, width=128, vae_spatial=16, vae_channels=8, patch=1,
+        video=VideoConfig(height=64, width=96, vae_spatial=16, vae_channels=8, patch=1,
                           vae_width=8, obs_spatial=16, obs_width=8),
         audio=AudioConfig(vae_channels=16, vae_width=16, obs_width=16),
         flow=FlowConfig(steps=4),
         character=CharacterConfig(voice_units=2, persona_bytes=32),
-        text_slots=4, obs_dim=128, window_units=16)
+        text_slots=4, obs_dim=128, window_units=8)
 
 
 def base() -> ModelConfig:

@@ -12,6 +12,7 @@ What the shell owns, and the core never sees:
 """
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import signal
@@ -94,6 +95,7 @@ class Shell:
         shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype)
         self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store_port, side,
                                  max_rows=max(lay.sinks, lay.unit))
+        gc.freeze()  # the model and its modules: a full collection no longer walks them (a unit's deadline)
         self.send(Ready(spec.role, os.getpid(), str(device), self.transport.name))
         return streamer
 

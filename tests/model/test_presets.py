@@ -33,7 +33,7 @@ def test_presets_command_prints_json_with_layouts(capsys) -> None:
     assert cli(["presets", "--json"]) == 0
     rows = {r["preset"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == set(PRESETS)
-    assert rows["cpu"]["video"]["height"] >= 96
+    assert (rows["cpu"]["video"]["width"], rows["cpu"]["video"]["height"]) == (preset("cpu").video.width, preset("cpu").video.height)
     assert rows["tiny"]["tokens_per_unit"]["total"] == preset("tiny").layout.unit
     assert cli(["presets"]) == 0
     assert "parameters" in capsys.readouterr().out
