@@ -24,60 +24,82 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 
 
-class AvatarVideoTrack(MediaStreamTrack):
-    kind = "video"
-
-    def __init__(self, playout: Playout, width: int, height: int):
-        super().__init__()
-        self.playout = playout
-        self._i: int | None = None
-        self._last = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
-
-    async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        try:
-            self._i = i = self.playout.next_index(self._i, TICK_S)
-            await asyncio.sleep(max(0.0, self.playout.due(i, TICK_S) - time.monotonic()))
-            frame = self.playout.take_video(i)
-            if frame is None:
-                self.playout.underrun(self.kind, i, TICK_S)
-                frame = self._last
-            self._last = frame  # the encoder is done with it: aiortc calls recv() after encoding
-            frame.pts, frame.time_base = round(i * TICK_S * VIDEO_CLOCK), VIDEO_TIME_BASE
-            return frame
-        except (asyncio.CancelledError, MediaStreamError):
-            raise
-        except Exception as e:
-            self.playout.fail(self.kind, e)
-            raise MediaStreamError(f"video output failed: {e}") from e
-
-
-class AvatarAudioTrack(MediaStreamTrack):
-    kind = "audio"
+class PacedTrack(MediaStreamTrack):
+    """One frame every `period` seconds on the playout schedule: `take(i)` gives frame i, or
+    None, and then `fill()` is sent and an underrun counted; `stamp(frame, i)` sets its pts."""
+    period: float
 
     def __init__(self, playout: Playout):
         super().__init__()
         self.playout = playout
-        self._j: int | None = None
-        self._silence = av.AudioFrame.from_ndarray(np.zeros((1, AUDIO_FRAME), np.int16), format="s16",
-                                                   layout="mono")
-        self._silence.sample_rate = AUDIO_RATE
+        self._i: int | None = None
 
-    async def recv(self) -> av.AudioFrame:
+    def take(self, i: int) -> av.VideoFrame | av.AudioFrame | None:
+        raise NotImplementedError
+
+    def fill(self) -> av.VideoFrame | av.AudioFrame:
+        raise NotImplementedError
+
+    def stamp(self, frame: av.VideoFrame | av.AudioFrame, i: int) -> None:
+        raise NotImplementedError
+
+    async def recv(self) -> av.VideoFrame | av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         try:
-            self._j = j = self.playout.next_index(self._j, AUDIO_FRAME_S)
-            await asyncio.sleep(max(0.0, self.playout.due(j, AUDIO_FRAME_S) - time.monotonic()))
-            frame = self.playout.take_audio(j)
+            self._i = i = self.playout.next_index(self._i, self.period)
+            await asyncio.sleep(max(0.0, self.playout.due(i, self.period) - time.monotonic()))
+            frame = self.take(i)
             if frame is None:
-                self.playout.underrun(self.kind, j, AUDIO_FRAME_S)
-                frame = self._silence
-            frame.pts, frame.time_base = j * AUDIO_FRAME, AUDIO_TIME_BASE
+                self.playout.underrun(self.kind, i, self.period)
+                frame = self.fill()
+            self.stamp(frame, i)
             return frame
         except (asyncio.CancelledError, MediaStreamError):
             raise
         except Exception as e:
             self.playout.fail(self.kind, e)
-            raise MediaStreamError(f"audio output failed: {e}") from e
+            raise MediaStreamError(f"{self.kind} output failed: {e}") from e
+
+
+class AvatarVideoTrack(PacedTrack):
+    """25 fps; an underrun holds the last frame."""
+    kind = "video"
+    period = TICK_S
+
+    def __init__(self, playout: Playout, width: int, height: int):
+        super().__init__(playout)
+        self._last = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+
+    def take(self, i: int) -> av.VideoFrame | None:
+        frame = self.playout.take_video(i)
+        if frame is not None:
+            self._last = frame  # the encoder is done with it: aiortc calls recv() after encoding
+        return frame
+
+    def fill(self) -> av.VideoFrame:
+        return self._last
+
+    def stamp(self, frame: av.VideoFrame, i: int) -> None:
+        frame.pts, frame.time_base = round(i * TICK_S * VIDEO_CLOCK), VIDEO_TIME_BASE
+
+
+class AvatarAudioTrack(PacedTrack):
+    """20 ms s16 frames at 48 kHz; an underrun plays silence."""
+    kind = "audio"
+    period = AUDIO_FRAME_S
+
+    def __init__(self, playout: Playout):
+        super().__init__(playout)
+        self._silence = av.AudioFrame.from_ndarray(np.zeros((1, AUDIO_FRAME), np.int16), format="s16",
+                                                   layout="mono")
+        self._silence.sample_rate = AUDIO_RATE
+
+    def take(self, i: int) -> av.AudioFrame | None:
+        return self.playout.take_audio(i)
+
+    def fill(self) -> av.AudioFrame:
+        return self._silence
+
+    def stamp(self, frame: av.AudioFrame, i: int) -> None:
+        frame.pts, frame.time_base = i * AUDIO_FRAME, AUDIO_TIME_BASE
