@@ -9,14 +9,13 @@ import shlex
 import signal
 import subprocess
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.daemon_contract import WORKER_STOP_MARGIN_S, check_daemon_env
 from tests.deploy.tools import DEPLOY, REPO, run_tool
-from tests.server.call_helpers import free_port, http
+from tests.server.call_helpers import free_port, wait_ready
 
 UNIT = DEPLOY / "systemd/duplex.service"
 ENV_FILE = DEPLOY / "systemd/duplex.env"
@@ -132,16 +131,7 @@ def test_the_units_execstart_run_by_hand_with_its_env_file_answers_readyz(tmp_pa
         proc = subprocess.Popen([str(REPO / ".venv/bin/duplex"), *argv[1:]], env=env, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if http(f"http://127.0.0.1:{port}/readyz", timeout=1)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "no /readyz 200 within 90 s"
-            time.sleep(0.2)
+        wait_ready(proc, f"http://127.0.0.1:{port}", log)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]
     finally:

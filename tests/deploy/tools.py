@@ -11,8 +11,11 @@ import subprocess
 import sysconfig
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 import pytest
+
+from tests.missing import missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -29,11 +32,8 @@ INSTALL = {
 }
 
 
-def _missing(what: str) -> None:
-    reason = f"{what} not found; install it: {INSTALL[what]}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason, allow_module_level=True)
+def _missing(what: str) -> NoReturn:
+    missing(f"{what} not found; install it: {INSTALL[what]}")
 
 
 def find_tool(name: str) -> str:

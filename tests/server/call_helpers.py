@@ -22,7 +22,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
 from model.config import preset
@@ -31,6 +30,7 @@ from server.frontend.characters import load_characters
 from server.frontend.routes import make_app
 from server.metrics import Metrics
 from server.settings import SHIPPED_CHARACTERS, Settings
+from tests.missing import missing
 from tests.server.fake_engine import FakeEngine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,12 +45,9 @@ def free_port() -> int:
 
 def need_binary(path: str, package: str) -> str:
     """The binary, or: a failure under CI=true (.ci/run installs it), a skip elsewhere."""
-    if shutil.which(path):
-        return path
-    msg = f"{path} not found: apt-get install {package} (.ci/run installs it)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+    if not shutil.which(path):
+        missing(f"{path} not found: apt-get install {package} (.ci/run installs it)")
+    return path
 
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -67,9 +64,7 @@ async def chromium(fake_media: bool = True) -> AsyncIterator[Any]:
     try:
         from playwright.async_api import async_playwright
     except ImportError:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("the playwright Python package is missing: pip install playwright")
-        pytest.skip("playwright is not installed")
+        missing("the playwright Python package is missing: pip install playwright (the test extra)")
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=path,
                                           args=CHROMIUM_FLAGS + (FAKE_MEDIA if fake_media else []))
@@ -96,6 +91,22 @@ def metric(text: str, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.0) -> None:
+    """Until the daemon `proc` at `url` answers /readyz 200; raises, with its `log`, if it exits
+    or is not ready within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"duplex serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if http(url + "/readyz", timeout=1.0)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"duplex serve not ready within {timeout} s:\n{log.read_text()}")
+
+
 class Daemon:
     def __init__(self, *args: str, preset: str = "tiny", env: dict[str, str] | None = None):
         self.port = free_port()
@@ -109,17 +120,7 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"duplex serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if http(self.url + "/readyz", timeout=1.0)[0] == 200:
-                    return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"duplex serve not ready within {timeout} s:\n{self.log.read_text()}")
+        wait_ready(self.proc, self.url, self.log, timeout)
 
     def metrics(self) -> str:
         return http(self.url + "/metrics")[2].decode()

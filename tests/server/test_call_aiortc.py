@@ -18,19 +18,11 @@ import torch
 
 from bench.model_step import device_name, git_commit
 from tests.server.call_client import CallClient, rates
-from tests.server.call_helpers import Daemon, metric, write_artifact
+from tests.server.call_helpers import metric, write_artifact
 
 pytestmark = pytest.mark.timeout(180)
 PRESET = os.environ.get("DUPLEX_TEST_PRESET", "tiny")
 CALL_S = float(os.environ.get("DUPLEX_TEST_CALL_S", "5"))  # longer to record figures
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon(preset=PRESET)
-    d.wait_ready()
-    yield d
-    assert d.stop() == 0, d.log_text()
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from model.config import preset
-from tests.server.call_helpers import ARTIFACTS, Daemon, chromium, metric
+from tests.server.call_helpers import ARTIFACTS, chromium, metric
 
 pytestmark = pytest.mark.timeout(180)
 PRESET = os.environ.get("DUPLEX_TEST_PRESET", "tiny")
@@ -39,14 +39,6 @@ LOUDNESS = """async () => {
   await ctx.close();
   return peak;
 }"""
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon(preset=PRESET)
-    d.wait_ready()
-    yield d
-    assert d.stop() == 0, d.log_text()
 
 
 async def test_chromium_calls_and_decodes_the_avatar_with_audio_playing(daemon):

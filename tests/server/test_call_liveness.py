@@ -9,17 +9,9 @@ import time
 
 import pytest
 
-from tests.server.call_helpers import REPO, Daemon, metric
+from tests.server.call_helpers import REPO, metric
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon()
-    d.wait_ready()
-    yield d
-    assert d.stop() == 0, d.log_text()
 
 
 def test_a_vanished_client_is_detected_and_its_session_freed_within_3s(daemon):

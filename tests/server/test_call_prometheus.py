@@ -25,14 +25,6 @@ ALERTS = {"DuplexDeadlineMissesRising", "DuplexSignalToSignalP99High", "DuplexWo
           "DuplexCallsRefusedAtCapacity", "DuplexNoReadyCapacity", "DuplexTargetDown"}
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon()
-    d.wait_ready()
-    yield d
-    assert d.stop() == 0, d.log_text()
-
-
 @pytest.fixture
 def prometheus(daemon: Daemon, tmp_path: Path):
     binary = need_binary("/usr/bin/prometheus", "prometheus")

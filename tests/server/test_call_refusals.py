@@ -11,20 +11,14 @@ import aiohttp
 import pytest
 
 from tests.server.call_client import CallClient, rates
-from tests.server.call_helpers import Daemon, metric
+from tests.server.call_helpers import metric
 from tests.server.test_frontend_offer import make_offer
 
 pytestmark = pytest.mark.timeout(120)
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon("--max-sessions", "1", env={"DUPLEX_AUTH_TOKEN": TOKEN})
-    d.wait_ready()
-    yield d
-    assert d.stop() == 0, d.log_text()
+DAEMON_ARGS = ("--max-sessions", "1")
+DAEMON_ENV = {"DUPLEX_AUTH_TOKEN": TOKEN}
 
 
 async def test_bad_requests_are_refused_and_a_running_call_is_not_disturbed(daemon):

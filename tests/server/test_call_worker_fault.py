@@ -16,14 +16,6 @@ from tests.server.call_helpers import Daemon, metric
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def daemon():
-    d = Daemon()
-    d.wait_ready()
-    yield d
-    assert d.stop() == 0, d.log_text()
-
-
 def workers(daemon: Daemon) -> list[int]:
     return [p for p in daemon.descendants() if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
 
