@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from model.attention import Backend
@@ -60,14 +60,33 @@ class Settings(BaseSettings):
     ice_servers: list[IceServer] = Field(default_factory=list, description=(
         'STUN/TURN servers as JSON, e.g. \'[{"urls": ["stun:stun.example.org:3478"]}]\'; '
         "empty: host candidates only (loopback, LAN)"))
+    turn_secret: SecretStr | None = Field(None, description=(
+        "coturn's static-auth-secret (use-auth-secret): GET /config then mints short-lived TURN "
+        "credentials for --turn-urls, behind the token when one is set"))
+    turn_urls: list[str] = Field(default_factory=list, description=(
+        'the TURN server the minted credentials are for, JSON, e.g. \'["turn:turn.example.org:3478"]\''))
+    turn_ttl_s: int = Field(3600, ge=60, description=(
+        "how long a minted TURN credential is valid; at least --max-call-s, since coturn checks "
+        "it again on each allocation refresh"))
+    allowed_origins: list[str] = Field(default_factory=list, description=(
+        'browser origins that may POST /offer besides the page\'s own, JSON, e.g. '
+        '\'["https://app.example.org"]\' (["*"]: any); empty: same origin only (Origin absent or '
+        "the request's own host)"))
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "a connection that has not sent a whole request head this long after it opened (or after "
+        "its last response) is closed"))
+    body_timeout_s: float = Field(10.0, gt=0, description="POST /offer's body must arrive within this "
+                                                          "long (408 otherwise)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     characters: Path = Field(SHIPPED_CHARACTERS, description="folder of characters, one sub-folder each")
     max_call_s: float = Field(600.0, gt=0, description="a call ends after this many seconds")
-    liveness_s: float = Field(2.5, gt=0, description="a call whose page sent nothing for this long "
-                                                     "(it pings every second) is ended and freed: "
+    liveness_s: float = Field(2.0, gt=0, description="a call whose caller sent nothing for this long "
+                                                     "(no media frame, no data-channel message; the "
+                                                     "page also pings every second) is ended and freed: "
                                                      "a closed tab or a lost network is gone in < 3 s")
-    connect_timeout_s: float = Field(15.0, gt=0, description="a call whose data channel is not open "
-                                                             "this long after the answer is ended")
+    connect_timeout_s: float = Field(15.0, gt=0, description="a call from which nothing (media or data "
+                                                             "channel) arrived this long after the answer "
+                                                             "is ended")
     max_offer_bytes: int = Field(65536, ge=1024, description="largest POST /offer body accepted")
     ready_timeout_s: float = Field(120.0, gt=0, description="worker start-up (model load) limit")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM/SIGINT: no new calls at once, "
@@ -87,6 +106,35 @@ class Settings(BaseSettings):
         if devices is not None and not all(d.strip().isdigit() for d in devices.split(",")):
             raise ValueError(f"devices must be comma-separated GPU indices such as '0,1', got {devices!r}")
         return devices
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_schemes(cls, urls: list[str]) -> list[str]:
+        for u in urls:
+            if not u.startswith(("turn:", "turns:")):
+                raise ValueError(f"TURN URL {u!r} must start with turn: or turns:")
+        return urls
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for o in origins:
+            scheme, sep, rest = o.partition("://")
+            if o != "*" and (not sep or scheme not in ("http", "https") or not rest or "/" in rest):
+                raise ValueError(f"allowed origin {o!r} must be scheme://host[:port] (http or https, "
+                                 f"no path, as a browser's Origin header says it) or '*'")
+        return [o if o == "*" else o.lower() for o in origins]
+
+    @model_validator(mode="after")
+    def _turn_complete(self) -> "Settings":
+        if (self.turn_secret is None) != (not self.turn_urls):
+            raise ValueError("--turn-secret and --turn-urls go together: the secret mints credentials "
+                             "for those TURN servers; set both or neither")
+        if self.turn_secret is not None and self.turn_ttl_s < self.max_call_s:
+            raise ValueError(f"--turn-ttl-s {self.turn_ttl_s} is shorter than --max-call-s "
+                             f"{self.max_call_s:g}: a relayed call would lose its TURN allocation when "
+                             f"the credential expires; raise --turn-ttl-s")
+        return self
 
     @property
     def loopback(self) -> bool:

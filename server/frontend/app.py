@@ -7,12 +7,23 @@ says 503, so a load balancer sends offers elsewhere), 2. the running calls go on
 they have, until they end or the drain time is up, 3. `shutdown` ends the rest with the reason
 and waits for them to close. Stopping the engine and the HTTP server is the caller's
 (serve.py), so that tests can drive a FrontEnd on a fake engine.
+
+ICE servers for the page (GET /config): STUN entries go to anyone; TURN credentials only to a
+page that may call (no token set, or the token given). With a TURN secret, each page gets its
+own credential, minted by coturn's REST scheme (use-auth-secret): username "<expiry>:<random
+id>", credential base64(HMAC-SHA1(secret, username)); coturn checks the HMAC and the expiry,
+so nothing is shared between daemon and coturn but the secret.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import logging
+import secrets
 import time
+from typing import Any
 
 from model.config import ModelConfig
 from server.engine import AtCapacity, Engine
@@ -25,6 +36,13 @@ from server.settings import Settings
 log = logging.getLogger("duplex.frontend")
 SHUTDOWN_WAIT_S = 5.0  # calls get this long to close on shutdown
 DRAIN_RETRY_AFTER_S = 5  # a draining daemon's offers: another replica (or this one, restarted)
+
+
+def turn_credential(secret: str, ttl_s: int, now: float, rid: str) -> tuple[str, str]:
+    """coturn's REST credential valid until now + ttl_s: (username, credential)."""
+    username = f"{int(now) + ttl_s}:{rid}"
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(digest).decode()
 
 
 class FrontEnd:
@@ -46,6 +64,18 @@ class FrontEnd:
     def token(self) -> str | None:
         t = self.settings.auth_token
         return None if t is None else t.get_secret_value()
+
+    def ice_servers(self, authorized: bool) -> list[dict[str, Any]]:
+        """RTCIceServer dicts for a page; `authorized`: no token is set, or the page gave it.
+        Without it, no credential leaves: STUN entries only."""
+        s = self.settings
+        servers = [ice.model_dump(exclude_none=True) for ice in s.ice_servers
+                   if authorized or (ice.username is None and ice.credential is None)]
+        if authorized and s.turn_secret is not None:
+            username, credential = turn_credential(s.turn_secret.get_secret_value(), s.turn_ttl_s,
+                                                   time.time(), secrets.token_hex(8))
+            servers.append({"urls": list(s.turn_urls), "username": username, "credential": credential})
+        return servers
 
     def character(self, cid: str | None) -> CharacterEntry:
         entry = self.characters.get(cid or self.default_character)

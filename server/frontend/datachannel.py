@@ -7,10 +7,16 @@ Server -> page (one JSON object a message, `type` first):
             wait_ms}                          (wait_ms: the part of out_ms spent in the playout delay)
   text     {delivered, text}                  typed text received; whether it entered the stream
   ended    {reason}                           the call is over, and why
+  error    {reason, ignored}                  a page message was not understood and was ignored
+                                              (throttled: `ignored` counts them since the last)
 Page -> server:
   ping     {t}                                every second: the page is alive (liveness)
   text     {text}                             typed text, at most MAX_TEXT characters
   bye      {}                                 hang up
+A page message is hostile until checked: `parse_message` turns anything (not UTF-8, not JSON,
+nested 100 000 deep, huge, of an unknown type or with fields of the wrong type) into a
+PageMessage or a PageMessageError, never another exception: it runs inside aiortc's DTLS
+receive loop, where any other exception would end the call's media.
 No sockets are opened here: `Channel` wraps aiortc's RTCDataChannel once the page opens it.
 """
 from __future__ import annotations
@@ -23,6 +29,7 @@ from aiortc import RTCDataChannel
 
 MAX_TEXT = 500  # characters of one typed message
 MAX_MESSAGE = 4096  # bytes of one page message
+BAD_EVERY_S = 5.0  # at most one log line and one `error` event a call per this long
 
 
 class PageMessageError(ValueError):
@@ -36,21 +43,57 @@ class PageMessage:
 
 
 def parse_message(raw: str | bytes) -> PageMessage:
+    """The page's message, or PageMessageError saying what is wrong with it (and nothing else)."""
+    if not isinstance(raw, (str, bytes)):
+        raise PageMessageError(f"a message of type {type(raw).__name__}; expected text")
     if len(raw) > MAX_MESSAGE:
         raise PageMessageError(f"message of {len(raw)} bytes; at most {MAX_MESSAGE}")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PageMessageError(f"not JSON: {e}") from None
-    kind = data.get("type") if isinstance(data, dict) else None
+    except RecursionError:
+        raise PageMessageError("JSON nested too deeply") from None
+    except ValueError as e:  # not UTF-8, not JSON, an integer of more than 4300 digits
+        raise PageMessageError(f"not JSON: {str(e)[:120]}") from None
+    if not isinstance(data, dict):
+        raise PageMessageError(f"a JSON {type(data).__name__}; expected an object "
+                               f'{{"type": "ping" | "text" | "bye", ...}}')
+    kind = data.get("type")
     if kind in ("ping", "bye"):
         return PageMessage(kind)
     if kind == "text":
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
             raise PageMessageError('a "text" message needs a non-empty "text" string')
-        return PageMessage("text", text.strip()[:MAX_TEXT])
-    raise PageMessageError(f'unknown message type {kind!r}; expected "ping", "text" or "bye"')
+        text = text.strip()[:MAX_TEXT]
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise PageMessageError('the "text" holds an unpaired surrogate (\\ud800-\\udfff); '
+                                   "it is not text") from None
+        return PageMessage("text", text)
+    shown = repr(kind)[:40] if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
+    raise PageMessageError(f'unknown message type {shown}; expected "ping", "text" or "bye"')
+
+
+class BadMessages:
+    """Counts a call's bad page messages and says when to speak of them: the first at once,
+    then at most one report per `every_s` carrying how many came since the last, so that a
+    flood costs neither the log nor the channel more than a line and an event per window."""
+
+    def __init__(self, every_s: float = BAD_EVERY_S):
+        self.every_s = every_s
+        self.total = 0  # bad messages in this call
+        self.unreported = 0  # since the last report
+        self._last: float | None = None  # when the last report was made
+
+    def note(self, now: float) -> int:
+        """Count one; returns how many to report now (0: stay quiet)."""
+        self.total += 1
+        self.unreported += 1
+        if self._last is not None and now - self._last < self.every_s:
+            return 0
+        self._last, n, self.unreported = now, self.unreported, 0
+        return n
 
 
 class Channel:
@@ -59,6 +102,7 @@ class Channel:
     def __init__(self) -> None:
         self.dc: RTCDataChannel | None = None
         self.sent = 0
+        self.bad = BadMessages()  # the page's messages that were ignored
 
     @property
     def open(self) -> bool:

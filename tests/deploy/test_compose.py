@@ -14,7 +14,7 @@ from tests.deploy.daemon_contract import WORKER_STOP_MARGIN_S, check_daemon_env
 from tests.deploy.tools import DEPLOY, run_tool
 
 VARIANTS = {"cpu": ["compose.yaml"], "gpu": ["compose.yaml", "compose.gpu.yaml"]}
-TURN = {"TURN_HOST": "turn.example.com", "TURN_PASSWORD": "test-password"}
+TURN = {"TURN_HOST": "turn.example.com", "TURN_SECRET": "test-secret"}
 
 
 def compose_config(variant: str, **env: str) -> dict:
@@ -30,7 +30,7 @@ def config(request: pytest.FixtureRequest) -> dict:
     return compose_config(request.param, **TURN)
 
 
-def test_turn_host_and_password_must_be_given() -> None:
+def test_turn_host_and_secret_must_be_given() -> None:
     env = {k: v for k, v in os.environ.items() if k not in TURN}
     proc = run_tool("docker-compose", "--env-file", os.devnull, "config", "-q",
                     cwd=DEPLOY, env=env, check=False)
@@ -52,7 +52,24 @@ def test_daemon_environment_is_a_valid_configuration(config: dict,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     env = config["services"]["duplex"]["environment"]
     check_daemon_env(env, "deploy/compose.yaml", monkeypatch)
-    assert TURN["TURN_PASSWORD"] in env["DUPLEX_ICE_SERVERS"]
+    assert env["DUPLEX_TURN_SECRET"] == TURN["TURN_SECRET"] and "DUPLEX_ICE_SERVERS" not in env
+    assert json.loads(env["DUPLEX_TURN_URLS"]) == [f"turn:{TURN['TURN_HOST']}:3478"]
+
+
+def test_coturn_takes_the_same_secret_and_relays_to_the_daemon_alone(config: dict) -> None:
+    """coturn mints nothing itself: its static-auth-secret is the daemon's, and of the private
+    ranges its config denies, only the daemon's fixed address is let in again."""
+    command = config["services"]["coturn"]["command"]
+    assert f"--static-auth-secret={TURN['TURN_SECRET']}" in command
+    address = config["services"]["duplex"]["networks"]["default"]["ipv4_address"]
+    assert f"--allowed-peer-ip={address}" in command
+    conf = (DEPLOY / "k8s/base/coturn/turnserver.conf").read_text().splitlines()
+    assert "use-auth-secret" in conf and "lt-cred-mech" not in conf and "no-tcp-relay" in conf
+    for denied in ("10.0.0.0-10.255.255.255", "127.0.0.0-127.255.255.255", "172.16.0.0-172.31.255.255",
+                   "192.168.0.0-192.168.255.255", "100.64.0.0-100.127.255.255", "169.254.0.0-169.254.255.255",
+                   "0.0.0.0-0.255.255.255", "::1", "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                   "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff"):
+        assert f"denied-peer-ip={denied}" in conf, denied
 
 
 def test_stop_grace_period_covers_the_drain(config: dict) -> None:

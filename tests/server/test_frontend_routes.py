@@ -1,8 +1,15 @@
 """The HTTP routes on a fake engine: the page and its files, characters, health and readiness,
-metrics, and every refusal of POST /offer with its status and reason."""
+metrics, every refusal of POST /offer with its status and reason, bodies however they arrive
+(split, chunked, slow), the Origin check, and what GET /config hands out with and without the
+token (static and minted TURN credentials)."""
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import json
+import time
 
 import aiohttp
 import pytest
@@ -12,6 +19,9 @@ from server.runtime.timings import Transfer, UnitRecord
 from tests.server.call_client import CallClient
 from tests.server.call_helpers import front_end
 from tests.server.test_frontend_offer import make_offer
+
+TURN = {"urls": ["turn:turn.example.org:3478"], "username": "duplex", "credential": "p4ss"}
+STUN = {"urls": ["stun:stun.example.org:3478"]}
 
 
 async def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -39,7 +49,7 @@ async def test_the_page_its_files_and_the_characters_are_served():
             assert status == 200 and image.startswith(b"\x89PNG")
         assert (await get(url + "/characters/nobody/image.png"))[0] == 404
         config = json.loads((await get(url + "/config"))[2])
-        assert config == {"iceServers": [], "authRequired": False, "pingSeconds": 1.0, "livenessSeconds": 2.5}
+        assert config == {"iceServers": [], "authRequired": False, "pingSeconds": 1.0, "livenessSeconds": 2.0}
 
 
 async def test_healthz_is_up_at_once_and_readyz_waits_for_the_workers():
@@ -119,3 +129,149 @@ async def test_a_call_past_capacity_gets_503_with_retry_after():
         assert 'duplex_sessions_total{outcome="rejected"} 1.0' in metrics
         assert len(front.calls) == 1
         await first.close()
+
+
+async def raw(url: str, parts: list[bytes], pause_s: float = 0.0, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send `parts` as separate TCP segments, `pause_s` apart, on one connection; (status, body)
+    of the answer (read until the server closes or `timeout`), status 0 if there was none."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    answer = b""
+    try:
+        for i, part in enumerate(parts):
+            if i and pause_s:
+                await asyncio.sleep(pause_s)
+            writer.write(part)
+            await writer.drain()
+        async with asyncio.timeout(timeout):
+            while data := await reader.read(65536):
+                answer += data
+    except (ConnectionResetError, BrokenPipeError, TimeoutError):
+        pass  # what came so far is the answer
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return (int(head.split()[1]) if head else 0), body
+
+
+def request_head(length: int | None, extra: str = "") -> bytes:
+    size = "Transfer-Encoding: chunked\r\n" if length is None else f"Content-Length: {length}\r\n"
+    return (f"POST /offer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{size}"
+            f"Connection: close\r\n{extra}\r\n").encode()
+
+
+async def test_a_body_split_into_many_segments_is_read_whole():
+    async with front_end() as (front, url):
+        offer = json.dumps({"type": "offer", "sdp": await make_offer()}).encode()
+        parts = [request_head(len(offer))] + [offer[i:i + 700] for i in range(0, len(offer), 700)]
+        status, answer = await raw(url, parts, pause_s=0.02)
+        assert status == 200 and json.loads(answer)["type"] == "answer", answer
+        assert front.engine.active == 1
+
+
+async def test_a_chunked_body_is_read_whole_and_refused_past_the_limit():
+    async with front_end() as (front, url):
+        offer = json.dumps({"type": "offer", "sdp": await make_offer()}).encode()
+        chunks = [b"%x\r\n%s\r\n" % (len(offer[i:i + 500]), offer[i:i + 500]) for i in range(0, len(offer), 500)]
+        status, answer = await raw(url, [request_head(None), *chunks, b"0\r\n\r\n"], pause_s=0.01)
+        assert status == 200, answer
+        await front.shutdown("next")
+        front.accepting = True
+        big = [b"4000\r\n" + b" " * 0x4000 + b"\r\n"] * 5  # 80 KiB, no Content-Length
+        status, answer = await raw(url, [request_head(None), *big, b"0\r\n\r\n"])
+        assert status == 413 and "at most 65536" in json.loads(answer)["error"]
+        status, answer = await raw(url, [request_head(None), b"zz\r\nnot a chunk\r\n"])
+        assert status == 400
+
+
+async def test_a_slow_body_gets_408_and_a_slow_head_is_cut_off():
+    async with front_end(body_timeout_s=0.5, header_timeout_s=1.0) as (front, url):
+        t0 = time.monotonic()
+        status, answer = await raw(url, [request_head(1000), b"{", b'"type"'], pause_s=0.3)
+        assert status == 408 and "within 0.5 s" in json.loads(answer)["error"]
+        assert time.monotonic() - t0 < 4.0  # the answer, then at most LINGER_S to close
+        t0 = time.monotonic()
+        status, _ = await raw(url, [b"POST /offer HTTP/1.1\r\n", b"Host: x\r\n"], pause_s=0.1)
+        assert status == 0 and time.monotonic() - t0 < 3.0  # closed, no answer
+        assert front.engine.active == 0
+
+
+@pytest.mark.parametrize("body, headers, status, says", [
+    pytest.param(b"[" * 5000, {}, 400, "nested too deeply", id="deep-json"),
+    pytest.param(b"{}", {"Authorization": "Bearer s3cr\xc3\xa9t"}, 401, "not valid", id="non-ascii-token"),
+    pytest.param(b"{}", {"Authorization": "Bearer \xff\xfe"}, 401, "not valid", id="non-utf8-token"),
+    pytest.param(b"{}", {"Origin": "http://evil.example"}, 403, "may not call", id="cross-site"),
+])
+async def test_hostile_requests_get_a_4xx_with_the_reason(body, headers, status, says):
+    async with front_end(auth_token="s3cret" if "Authorization" in headers else None) as (front, url):
+        head = request_head(len(body), "".join(f"{k}: {v}\r\n" for k, v in headers.items()))
+        got, answer = await raw(url, [head.decode("latin-1").encode("latin-1") + body])
+        assert got == status and says in json.loads(answer)["error"], answer
+        assert front.engine.active == 0
+
+
+async def test_an_offer_from_the_pages_own_origin_or_an_allowed_one_is_taken():
+    async with front_end(capacity=2, allowed_origins=["https://app.example.org"]) as (front, url):
+        offer = json.dumps({"type": "offer", "sdp": await make_offer()}).encode()
+        for origin in (url, "https://app.example.org"):
+            status, _, answer = await post(url + "/offer", offer, {"Origin": origin})
+            assert status == 200, answer
+        status, _, answer = await post(url + "/offer", offer, {"Origin": "https://other.example.org"})
+        assert status == 403 and "https://other.example.org" in answer["error"]
+        assert front.engine.active == 2
+
+
+async def test_config_hands_turn_credentials_only_with_the_token():
+    async with front_end(auth_token="s3cret", ice_servers=[STUN, TURN]) as (_, url):
+        assert json.loads((await get(url + "/config"))[2])["iceServers"] == [STUN]
+        async with aiohttp.ClientSession() as s:
+            async with s.get(url + "/config", headers={"Authorization": "Bearer s3cret"}) as r:
+                assert (await r.json())["iceServers"] == [STUN, TURN]
+            async with s.get(url + "/config", headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 401 and "token" in (await r.json())["error"]
+    async with front_end(ice_servers=[STUN, TURN]) as (_, url):  # no token: anyone may call
+        assert json.loads((await get(url + "/config"))[2])["iceServers"] == [STUN, TURN]
+
+
+async def test_config_mints_a_short_lived_turn_credential_per_request():
+    secret, urls = "turn-s3cret", ["turn:turn.example.org:3478?transport=udp"]
+    async with front_end(auth_token="s3cret", turn_secret=secret, turn_urls=urls, turn_ttl_s=900,
+                         max_call_s=600) as (_, url):
+        assert json.loads((await get(url + "/config"))[2])["iceServers"] == []
+        minted = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(2):
+                async with s.get(url + "/config", headers={"Authorization": "Bearer s3cret"}) as r:
+                    [ice] = (await r.json())["iceServers"]
+                    minted.append(ice)
+    for ice in minted:
+        assert ice["urls"] == urls
+        expiry, _, rid = ice["username"].partition(":")
+        assert abs(int(expiry) - (time.time() + 900)) < 5 and len(rid) >= 8
+        digest = hmac.new(secret.encode(), ice["username"].encode(), hashlib.sha1).digest()
+        assert ice["credential"] == base64.b64encode(digest).decode()  # what coturn computes
+    assert minted[0]["username"] != minted[1]["username"]
+
+
+async def test_bad_data_channel_messages_get_an_error_event_and_the_call_goes_on():
+    bad = ["[" * 2000, b"\xff\xfe", "x" * 60_000, json.dumps({"type": "dance"}), "null", "[1]",
+           json.dumps({"type": "text", "text": 7}), json.dumps({"type": "text", "text": "\ud800"}),
+           "1" * 4000, json.dumps({"type": ["ping"]})]
+    async with front_end() as (front, url):
+        client = CallClient(url)
+        await client.call()
+        await client.wait_media()
+        for msg in bad:
+            client.dc.send(msg)
+        await asyncio.sleep(0.5)
+        [error] = client.got.of("error")  # the first at once, the rest within the same window
+        assert "nested too deeply" in error["reason"] and error["ignored"] == 1
+        [call] = front.calls.values()
+        assert call.channel.bad.total == len(bad)
+        client.say("still here")
+        await asyncio.sleep(0.5)
+        assert client.got.of("text") == [{"type": "text", "text": "still here", "delivered": True}]
+        latency = len(client.got.of("latency"))
+        await asyncio.sleep(1.0)
+        assert len(client.got.of("latency")) >= latency + 3 and front.calls  # media goes on
+        await client.close()
