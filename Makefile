@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[serve,test]'
 	touch $(STAMP)
 
+# --compile: about 1.3x faster steps on CPU; the first start compiles for about a minute
 run: install
-	$(BIN)/duplex serve $(ARGS)
+	$(BIN)/duplex serve --compile $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -3,10 +3,13 @@
   duplex bench latency --preset cpu --transport gloo --units 500 [--json]
 
 Runbook:
-  1. start the supervised pair (its start-up time is reported, not counted)
-  2. open a session; hand unit n over when the unit clock says it is due; a consumer thread
-     drains the outputs as a client would
-  3. summarise: per role and stage p50/p90/p99, signal-to-signal, deadline misses per role,
+  1. start the supervised pair and run its measured start (warm-up units at the top and the
+     lowest rung of the quality ladder: the margin at each), as the daemon does; not counted
+  2. open a session; hand unit n over when the unit clock says it is due (a progress bar shows
+     how far); the runtime picks each unit's rung and skips stale input while behind, as in a
+     call; a consumer thread drains the outputs as a client would
+  3. summarise: per role and stage p50/p90/p99, signal-to-signal, deadline misses per role
+     (counted over all clock units: a skipped unit counts as missed), rungs and skips,
      transfer bytes and time per direction, real-time margin (160 ms / busiest role's time)
   4. roofline: FLOPs and bytes of each stage of one unit, against peak FLOP/s and memory
      bandwidth (--peak-flops / --peak-bw, or measured on one thread as each role runs)
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from bench.model_step import device_name, git_commit
 from bench.roofline import measure_peaks, roofline_table, stage_costs
@@ -46,8 +50,9 @@ ROLE_OF = {"encode": THINKER, "language": THINKER, "kv_update": THINKER, "decode
 S2S_BUDGET_MS = 200.0
 
 
-def drive(session: Session, cfg: Any, units: int) -> list[float]:
-    """Hand unit n over at its due time; returns how late each hand-over was (ms)."""
+def drive(session: Session, cfg: Any, units: int) -> tuple[list[float], list[int]]:
+    """Hand unit n over at its due time; returns how late each hand-over was (ms) and the
+    clock units the runtime skipped."""
     stop = threading.Event()
 
     def consume() -> None:
@@ -56,28 +61,43 @@ def drive(session: Session, cfg: Any, units: int) -> list[float]:
 
     consumer = threading.Thread(target=consume, name="consumer", daemon=True)
     consumer.start()
-    lateness = []
+    lateness, skipped = [], []
+    bar = tqdm(total=units, unit="unit", desc="units", leave=False, mininterval=0.5)
     try:
         for n in range(units):
             frames, audio = synthetic_unit(cfg, 0, n)  # made before the unit is due
             lateness.append(session.clock.wait_due(n) * 1e3)
-            session.submit(frames, audio)
+            if session.submit(frames, audio, clock_unit=n) is None:
+                skipped.append(n)
+            bar.update()
+            bar.set_postfix(steps=session.ladder[session.rung].steps, skipped=len(skipped), refresh=False)
     except SessionEnded:
-        pass  # a fault or a bound ended it: the reason is in the session's end
+        pass  # a fault ended it: the reason is in the session's end
     finally:
+        bar.close()
         session.close(timeout=30)
         stop.set()
         consumer.join()
-    return lateness
+    return lateness, skipped
 
 
-def summarise(stats: RunStats, units: int) -> dict[str, Any]:
+def summarise(stats: RunStats, units: int, skipped: list[int]) -> dict[str, Any]:
     busiest = stats.busiest_role_ms()
     worst = {q: max(busiest[r][q] for r in (THINKER, PERFORMER)) for q in ("p50", "p99")}
+    misses = stats.deadline_misses()
+    recs = sorted(stats.records, key=lambda x: x.clock_unit)
+    steps = [r.steps for r in recs]
     return {
         "units": units,
         "units_out": len(stats.records),
-        "deadline_misses": stats.deadline_misses(),
+        "units_skipped": len(skipped),
+        "deadline_misses": misses,
+        # a unit is missed when either role was late with it, or it was skipped: of all clock units
+        "missed_fraction": (sum(any(r.late.values()) for r in recs) + len(skipped)) / units,
+        "steps_per_unit": {str(s): steps.count(s) for s in sorted(set(steps), reverse=True)},
+        "per_unit": {"clock_unit": [r.clock_unit for r in recs], "steps": steps,
+                     "signal_to_signal_ms": [round(r.signal_to_signal * 1e3, 2) for r in recs],
+                     "skipped": skipped},
         "signal_to_signal_ms": stats.signal_to_signal_ms(),
         "stages": stats.stage_ms(),
         "busy_ms_per_unit": busiest,
@@ -110,7 +130,13 @@ def print_report(r: dict[str, Any]) -> None:
             print(f"{role:<10} {name:<10} {q['p50']:8.2f} {q['p90']:8.2f} {q['p99']:8.2f}")
     s2s = r["signal_to_signal_ms"]
     print(f"signal-to-signal  p50 {s2s['p50']:.1f} ms  p99 {s2s['p99']:.1f} ms  (budget {S2S_BUDGET_MS:.0f})")
-    print(f"deadline misses   {r['deadline_misses']}  (units out {r['units_out']}/{r['units']})")
+    print(f"deadline misses   {r['deadline_misses']}  (units out {r['units_out']}/{r['units']}, "
+          f"skipped {r['units_skipped']}; missed or skipped {100 * r['missed_fraction']:.1f} %)")
+    print(f"heartbeat         longest gap {r['heartbeat_max_gap_s'] * 1e3:.0f} ms (hang limit 800 ms)")
+    print(f"solver steps      " + ", ".join(f"{s}: {n} units" for s, n in r["steps_per_unit"].items()))
+    ms = r["measured_start"]
+    print("measured start    " + ", ".join(f"{m['steps']} steps {m['margin']:.2f}x ({m['cost_ms']:.1f} ms)"
+                                           for m in ms))
     for d, t in r["transfer"].items():
         print(f"transfer {d:<19} {t['bytes_per_unit'] / 1024:8.1f} KiB/unit  p50 {t['p50_ms']:.2f} ms"
               f"  p99 {t['p99_ms']:.2f} ms")
@@ -130,16 +156,23 @@ def plot(stats: RunStats, r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = sorted(stats.records, key=lambda x: x.unit)
-    units = [x.unit for x in recs]
+    recs = sorted(stats.records, key=lambda x: x.clock_unit)
+    units = [x.clock_unit for x in recs]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     ax1.plot(units, [x.signal_to_signal * 1e3 for x in recs], lw=0.8, label="signal-to-signal")
     for role in (THINKER, PERFORMER):
         ax1.plot(units, [sum(x.stages[role].values()) * 1e3 for x in recs], lw=0.6, label=f"{role} busy")
     ax1.axhline(UNIT_SECONDS * 1e3, color="k", ls="--", lw=0.8, label="unit (160 ms)")
     ax1.axhline(S2S_BUDGET_MS, color="r", ls=":", lw=0.8, label="s2s budget (200 ms)")
-    ax1.set(xlabel="unit", ylabel="ms", title="latency over time")
-    ax1.legend(fontsize=7)
+    skipped = r["per_unit"]["skipped"]
+    if skipped:
+        ax1.plot(skipped, [0] * len(skipped), "x", color="r", ms=4, label=f"skipped ({len(skipped)})")
+    ax1.set(xlabel="unit (clock)", ylabel="ms", title="latency over time")
+    ax1.legend(fontsize=7, loc="upper left")
+    steps_ax = ax1.twinx()
+    steps_ax.step(units, [x.steps for x in recs], where="post", color="tab:green", lw=0.8, alpha=0.7)
+    steps_ax.set_ylabel("solver steps (rung)", color="tab:green")
+    steps_ax.set_ylim(0, max([x.steps for x in recs] + [1]) + 1)
     for role in (THINKER, PERFORMER):
         for name in r["stages"].get(role, {}):
             ax2.hist([x.stages[role][name] * 1e3 for x in recs if name in x.stages[role]], bins=60,
@@ -160,6 +193,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--units", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker (CPU)")
     ap.add_argument("--backend", default="sdpa", choices=BACKENDS, help="the model's kernels")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the steady-state steps (compiled before the run)")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="replay the steady-state steps as CUDA graphs (units past the window)")
     ap.add_argument("--peak-flops", type=float, help="peak FLOP/s of one role's device (default: measured)")
@@ -171,24 +206,29 @@ def main(argv: list[str]) -> int:
     cfg = preset(args.preset)
     stats = RunStats()
     rc = RuntimeConfig(preset=args.preset, transport=args.transport, threads=args.threads,
-                       backend=args.backend, cuda_graphs=args.cuda_graphs)
+                       backend=args.backend, cuda_graphs=args.cuda_graphs, compile=args.compile)
     t0 = time.monotonic()
     with Supervisor(rc, sink=stats) as sup:
         startup = time.monotonic() - t0
+        margins = sup.measure()
         session = sup.open_session(synthetic_character(cfg), seed=0)
-        lateness = drive(session, cfg, args.units)
+        lateness, skipped = drive(session, cfg, args.units)
         end = session.wait(0)
         transport = sup.transport
+        heartbeat_gap = sup.max_heartbeat_age
     device = worker_device(transport, 1)
     r: dict[str, Any] = {
         "preset": args.preset, "transport": transport, "device": device_name(device),
         "commit": git_commit(), "date": dt.datetime.now().isoformat(timespec="seconds"),
         "threads_per_worker": args.threads, "backend": args.backend, "cuda_graphs": args.cuda_graphs,
+        "compile": args.compile,
         "startup_s": startup,
+        "measured_start": [m.model_dump() for m in margins],
+        "heartbeat_max_gap_s": heartbeat_gap,  # the hang detector's limit is set above it
         "session_end": {"ok": end.ok, "reason": end.reason, "dropped_outputs": end.dropped_outputs},
         "input_handover_late_ms": {"p50": float(np.percentile(lateness, 50)),
                                    "p99": float(np.percentile(lateness, 99))},
-        **summarise(stats, args.units)}
+        **summarise(stats, args.units, skipped)}
     r["roofline"] = roofline(args.preset, device, r["stages"], args.peak_flops, args.peak_bw)
     args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", r["device"]).strip("-")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,6 +36,25 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, backend: Backen
     raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
 
 
+def attend_beside(q: Tensor, ck: Tensor, cv: Tensor, k: Tensor, v: Tensor, stale: Tensor) -> Tensor:
+    """Attention of a chunk to the KV cache and to its own k, v held beside it, not written
+    in: equal, to float rounding, to `attend` on the cache with k, v written at the rows
+    marked `stale`. q (B, Hq, L, d); ck, cv (B, Hkv, N, d) the cache; k, v (B, Hkv, L, d);
+    stale (N,) bool, True at the rows the chunk's k, v will overwrite (left out here). Plain
+    PyTorch whatever the backend, one softmax over both parts: the compiled path's attention
+    (model/compiled.py), which must not write into the cache inside a graph (the compiler
+    would copy the whole cache to do so)."""
+    B, Hq, L, d = q.shape
+    Hkv = k.shape[1]
+    qg = q.reshape(B, Hkv, (Hq // Hkv) * L, d) * d ** -0.5  # query heads grouped by their kv head
+    s_cache = (qg @ ck.transpose(-1, -2)).masked_fill(stale, float("-inf"))  # (B, Hkv, G L, N)
+    s_own = qg @ k.transpose(-1, -2)  # (B, Hkv, G L, L)
+    top = torch.maximum(s_cache.amax(-1, keepdim=True), s_own.amax(-1, keepdim=True))
+    p_cache, p_own = (s_cache - top).exp(), (s_own - top).exp()
+    o = (p_cache @ cv + p_own @ v) / (p_cache.sum(-1, keepdim=True) + p_own.sum(-1, keepdim=True))
+    return o.view(B, Hq, L, d)
+
+
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, backend: Backend) -> Tensor:
     """RoPE on q or k (B, H, L, d) by the angle table cos, sin (L, d/2) fp32. The Triton kernel
     rotates x in place: callers pass a tensor of their own (a fresh projection)."""
@@ -44,7 +64,9 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor, backend: Backend) -> Tensor:
 
 
 def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, backend: Backend) -> Tensor:
-    """RMSNorm without weight, then adaLN: x / rms(x) * (1 + scale) + shift; all (B, L, D)."""
+    """RMSNorm without weight, then adaLN: x / rms(x) * (1 + scale) + shift; x (B, L, D), shift
+    and scale (B, L, D) or (B, 1, D) (one modulation for the whole chunk)."""
+    shift, scale = shift.expand_as(x), scale.expand_as(x)
     if backend == "triton":
         return norm_modulate_triton(x, shift, scale, eps)
     return norm_modulate_reference(x, shift, scale, eps)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 WIDTH_CAP = 512  # channels never grow past this when widths double per stage
+MATMUL_RATIO = 4  # a 1-D conv with Cin k >= 4 outputs runs as one matmul (CausalConv1d._matmul)
 
 
 def stage_widths(first: int, stages: int) -> list[int]:
@@ -113,7 +114,23 @@ class CausalConv1d(nn.Module):
             buf = state.buffers[self.slot]
             x = torch.cat([buf, x], dim=-1)  # (B, Cin, context + L)
             buf.copy_(x[..., x.shape[-1] - self.context:].detach())
+        k, = self.conv.kernel_size
+        s, = self.conv.stride
+        outputs = (x.shape[-1] - self.context - 1) // s + 1
+        if self.in_channels * k >= MATMUL_RATIO * outputs:
+            return self._matmul(x, outputs)
         return self.conv(x)
+
+    def _matmul(self, x: Tensor, outputs: int) -> Tensor:
+        """The conv as one matmul over the unfolded input (im2col): for short, wide inputs
+        (the low-rate stages), where torch's conv1d takes its slow unfused path on CPU."""
+        w = self.conv.weight  # (Cout, Cin, k)
+        k, = self.conv.kernel_size
+        (s,), (d,) = self.conv.stride, self.conv.dilation
+        cols = x.unfold(-1, (k - 1) * d + 1, s)[..., ::d]  # (B, Cin, outputs, k)
+        cols = cols.transpose(2, 3).reshape(x.shape[0], -1, outputs)  # (B, Cin k, outputs)
+        y = torch.matmul(w.reshape(w.shape[0], -1), cols)  # (B, Cout, outputs)
+        return y if self.conv.bias is None else y.add_(self.conv.bias[:, None])
 
 
 CausalConv = CausalConv3d | CausalConv1d

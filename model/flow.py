@@ -8,6 +8,7 @@ Pure PyTorch: no processes, no sockets, no clocks.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
@@ -15,6 +16,30 @@ from torch import Tensor
 
 Latents = tuple[Tensor, ...]
 VelocityFn = Callable[[Latents, Tensor], Latents]  # (x_t, t (B,)) -> v
+Solver = Literal["euler", "heun"]
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the quality ladder: a legal solver configuration of the same weights.
+    Fewer velocity evaluations cost less time and give a coarser sample."""
+    steps: int
+    solver: Solver = "euler"
+
+    @property
+    def evaluations(self) -> int:
+        """Forwards of the resp tokens against the cache (Heun's last step is Euler)."""
+        return self.steps if self.solver == "euler" else 2 * self.steps - 1
+
+    def __str__(self) -> str:
+        return f"{self.steps} {self.solver}"
+
+
+def quality_ladder(steps: int, solver: Solver) -> tuple[Rung, ...]:
+    """The preset's own configuration first (the top rung), then Euler from `steps` down to
+    one step: each rung needs fewer evaluations than the one above it."""
+    top = [Rung(steps, "heun")] if solver == "heun" and steps > 1 else []
+    return tuple(top + [Rung(s, "euler") for s in range(steps, 0, -1)])
 
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
@@ -34,7 +59,7 @@ def _axpy(x: Latents, a: float, v: Latents) -> Latents:
 
 
 def solve(velocity: VelocityFn, noise: Latents, steps: int, shift: float,
-          solver: Literal["euler", "heun"] = "euler") -> Latents:
+          solver: Solver = "euler") -> Latents:
     """Integrate dx/dt = v(x, t) from t = 1 (noise) to t = 0 (data)."""
     B, device = noise[0].shape[0], noise[0].device
     t_dtype = torch.promote_types(noise[0].dtype, torch.float32)  # never coarser than fp32

@@ -12,19 +12,23 @@ A session starts with prefill(state, character): the character's tokens become t
 KV cache, conv states and counters (Python ints), so one model serves many sessions.
 `Streamer(model, cuda_graphs=True)` runs each step's Transformer forward through CUDA graphs
 once the cache is in steady state (unit_graphs.py); the outputs are those of the eager path.
+`Streamer(model, compile=True)` runs the steady-state steps through torch.compile (compiled.py;
+equal to eager to 1e-5, eager wherever a compile fails); `self.compiled.warm_up()` compiles up front.
 Pure PyTorch: no processes, no sockets, no clocks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from model.av_encoder import EncoderState
+from model.compiled import CompiledSteps
 from model.config import BOS
 from model.duplex import DuplexModel, Latents, patchify
-from model.flow import solve
+from model.flow import Rung, quality_ladder, solve
 from model.kv_cache import KVCache
 from model.layout import Kind, sink_meta, unit_meta
 from model.unit_graphs import UnitGraphs
@@ -50,14 +54,23 @@ class SessionState:
 
 
 class Streamer:
-    def __init__(self, model: DuplexModel, cuda_graphs: bool = False):
+    def __init__(self, model: DuplexModel, cuda_graphs: bool = False, compile: bool = False,
+                 compile_cache_dir: str | None = None):
+        if cuda_graphs and compile:
+            raise ValueError("Streamer: pick one of cuda_graphs=True (GPU) and compile=True, not both")
         self.model = model
         self.graphs = UnitGraphs(model.transformer) if cuda_graphs else None
+        self.compiled = CompiledSteps(model, compile_cache_dir) if compile else None
+        # the calls each step makes: the eager modules, or their graphs / compiled twins
+        self._forward = self.graphs or (self.compiled.transformer if compile else model.transformer)
+        self._encoder = self.compiled.encoder if compile else model.encoder
+        self._decode = self.compiled.decode if compile else model.vae.decode
         self.lay = model.layout
         lay, geo = self.lay, model.geometry
         self._sinks = sink_meta(lay, geo).pos
         self._obs = unit_meta(lay, geo, 0, Kind.OBS).pos
         self._text = [unit_meta(lay, geo, 0, Kind.TEXT, slot=j).pos for j in range(lay.text)]
+        self._text_all = torch.cat(self._text)  # (k, 3): the k slots at once (the compiled path)
         self._resp = unit_meta(lay, geo, 0, Kind.RESP).pos
 
     @property
@@ -71,11 +84,11 @@ class Streamer:
     def _pos(self, base: Tensor, unit: int) -> Tensor:
         return (base + torch.tensor([4.0 * unit, 0.0, 0.0])).to(self._device)
 
-    def _run(self, x: Tensor, t: Tensor | None, pos: Tensor, cache: KVCache, start: int) -> Tensor:
+    def _run(self, x: Tensor, t: Tensor | None, pos: Tensor, cache: KVCache, start: int,
+             forward: Callable[..., Tensor] | None = None) -> Tensor:
         B, L, _ = x.shape
-        t = torch.zeros(B, L, device=x.device) if t is None else t
-        forward = self.graphs if self.graphs is not None else self.model.transformer
-        h = forward(x, t, pos, cache=cache, span=cache.span(start, L))
+        t = torch.zeros(B, 1, device=x.device).expand(B, L) if t is None else t  # one time: clean
+        h = (forward or self._forward)(x, t, pos, cache=cache, span=cache.span(start, L))
         cache.advance(start + L)
         return h
 
@@ -132,7 +145,7 @@ class Streamer:
         if state.cache.length != start:
             raise RuntimeError(f"observe(unit {n}) needs the prefill and units < {n} committed: "
                                f"cache holds {state.cache.length} rows, expected {start}")
-        video, aud = self.model.encoder(frames, audio, state.encoder)
+        video, aud = self._encoder(frames, audio, state.encoder)
         self._run(self.model.embed_obs(video[:, 0], aud), None, self._pos(self._obs, n), state.cache, start)
 
     @torch.no_grad()
@@ -141,11 +154,19 @@ class Streamer:
         """k text slots of unit `state.unit`: tokens (B, k) and their logits (B, k, V).
         `forced` (B, k) feeds given tokens instead of sampled ones (typed text, tests)."""
         n, lay = state.unit, self.lay
+        if self.compiled is not None and temperature == 0:  # all k slots as one graph, once steady
+            out = self.compiled.text(state.last_text, forced, self._pos(self._text_all, n), state.cache,
+                                     self._unit_start(n) + lay.obs)
+            if out is not None:
+                state.last_text = out[0][:, -1]
+                return out
+        # slot by slot: the window filling, or sampling (eager even when compiled: no graph of its own)
+        forward = self.model.transformer if self.compiled is not None else None
         prev, tokens, logits = state.last_text, [], []
         for j in range(lay.text):
             start = self._unit_start(n) + lay.obs + j
             h = self._run(self.model.embed_text(prev[:, None]), None, self._pos(self._text[j], n),
-                          state.cache, start)
+                          state.cache, start, forward)
             lg = self.model.text_logits(h[:, 0]).float()
             if forced is not None:
                 prev = forced[:, j]
@@ -163,15 +184,27 @@ class Streamer:
         """One solver evaluation: noisy resp of `unit` at times t (B,) against the cache."""
         B = x.video.shape[0]
         tt = t.to(self._device, torch.float32)[:, None].expand(B, self.lay.resp)
+        if self.compiled is not None:  # embedding, forward and head as one graph, once steady
+            v = self.compiled.resp(x, tt[:, :1], self._pos(self._resp, unit), cache, self._resp_start(unit))
+            if v is not None:
+                return v
         h = self._run(self.model.embed_resp(x), tt, self._pos(self._resp, unit), cache,
                       self._resp_start(unit))
         return self.model.velocity(h)
 
-    def denoise(self, cache: KVCache, unit: int, noise: Latents) -> Latents:
-        """Flow-matching solve of resp_`unit` from `noise`; the performer's whole job."""
+    @property
+    def ladder(self) -> tuple[Rung, ...]:
+        """The quality ladder of this model: the preset's solver first, down to one step."""
         f = self.model.cfg.flow
+        return quality_ladder(f.steps, f.solver)
+
+    def denoise(self, cache: KVCache, unit: int, noise: Latents, rung: Rung | None = None) -> Latents:
+        """Flow-matching solve of resp_`unit` from `noise`; the performer's whole job. `rung`
+        (a rung of `ladder`) trades quality for time; None is the top rung."""
+        f = self.model.cfg.flow
+        r = rung if rung is not None else self.ladder[0]
         z = solve(lambda x, t: self.velocity(cache, unit, Latents(*x), t), tuple(noise),
-                  f.steps, f.shift, f.solver)
+                  r.steps, f.shift, r.solver)
         return Latents(*z)
 
     @torch.no_grad()
@@ -181,12 +214,14 @@ class Streamer:
         if state.cache.length < self._resp_start(n):
             raise RuntimeError(f"commit(unit {n}) before its obs and text: cache holds "
                                f"{state.cache.length} rows, expected >= {self._resp_start(n)}")
-        self._run(self.model.embed_resp(z), None, self._pos(self._resp, n), state.cache,
-                  self._resp_start(n))
+        pos, start = self._pos(self._resp, n), self._resp_start(n)
+        clean = torch.zeros(z.video.shape[0], 1, device=self._device)
+        if self.compiled is None or self.compiled.resp(z, clean, pos, state.cache, start) is None:
+            self._run(self.model.embed_resp(z), None, pos, state.cache, start)  # (the velocity graph's, unused)
         state.unit += 1
 
     @torch.no_grad()
     def decode(self, state: SessionState, z: Latents) -> tuple[Tensor, Tensor]:
         """Latents of one unit -> frames (B, 4, 3, H, W) and audio (B, samples_per_unit) in [-1, 1]."""
         video, audio = self.model.tokens_to_latents(z)
-        return self.model.vae.decode(video[:, None], audio, state.decoder)
+        return self._decode(video[:, None], audio, state.decoder)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import Backend, attend, norm_modulate, rotate
+from model.attention import Backend, attend, attend_beside, norm_modulate, rotate
 from model.config import TransformerConfig
 from model.kv_cache import CacheSpan, KVCache
 
@@ -63,12 +63,21 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, backend: Backend,
-                cache: KVCache | None, layer: int, span: CacheSpan | None) -> Tensor:
+                cache: KVCache | None, layer: int, span: CacheSpan | None,
+                held: list[tuple[Tensor, Tensor]] | None = None, stale: Tensor | None = None,
+                prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, L, _ = x.shape
         q = self.q_norm(self.wq(x).view(B, L, self.n_heads, self.head_dim)).transpose(1, 2)
         k, v = self.wkv(x).view(B, L, 2, self.n_kv_heads, self.head_dim).unbind(2)
         k, v = self.k_norm(k).transpose(1, 2), v.transpose(1, 2)  # (B, Hkv, L, d)
         q, k = rotate(q, cos, sin, backend), rotate(k, cos, sin, backend)
+        if held is not None:  # the chunk's rows held beside the cache, written by the caller
+            held.append((k, v))
+            if prior is not None:  # earlier rows of the unit, held beside too: before the chunk's
+                k, v = torch.cat([prior[0], k], 2), torch.cat([prior[1], v], 2)
+            ck, cv = cache.k[layer][:, :, :span.visible], cache.v[layer][:, :, :span.visible]
+            o = attend_beside(q, ck, cv, k, v, stale[:span.visible])
+            return self.wo(o.transpose(1, 2).reshape(B, L, -1))
         if cache is not None:
             ck, cv = cache.k[layer], cache.v[layer]  # (B, Hkv, capacity, d)
             ck.index_copy_(2, span.rows, k)
@@ -98,10 +107,12 @@ class Block(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))  # per-block bias on the shared one
 
     def forward(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                backend: Backend, cache: KVCache | None, layer: int, span: CacheSpan | None) -> Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(2)  # (B, L, D)
+                backend: Backend, cache: KVCache | None, layer: int, span: CacheSpan | None,
+                held: list[tuple[Tensor, Tensor]] | None = None, stale: Tensor | None = None,
+                prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).unbind(2)  # (B, L or 1, D)
         h = norm_modulate(x, shift1, scale1, self.eps, backend)
-        x = x + gate1 * self.attn(h, cos, sin, mask, backend, cache, layer, span)
+        x = x + gate1 * self.attn(h, cos, sin, mask, backend, cache, layer, span, held, stale, prior)
         h = norm_modulate(x, shift2, scale2, self.eps, backend)
         return x + gate2 * self.mlp(h)
 
@@ -117,22 +128,38 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
     def forward(self, x: Tensor, t: Tensor, pos: Tensor, mask: Tensor | None = None,
-                cache: KVCache | None = None, span: CacheSpan | None = None) -> Tensor:
-        """x (B, L, D) embedded tokens; t (B, L) solver time per token (0 = clean context);
+                cache: KVCache | None = None, span: CacheSpan | None = None,
+                held: list[tuple[Tensor, Tensor]] | None = None,
+                prior: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        """x (B, L, D) embedded tokens; t (B, L) solver time per token (0 = clean context), or
+        (B, 1): one time for the whole chunk (the modulation is computed once, not per token);
         pos (L, 3). Offline: mask (L, L) bool or None. Serving: the cache and the chunk's span
-        in it, `cache.span(start, L)`."""
+        in it, `cache.span(start, L)`. `held`, a list: the cache is only read; each layer's
+        chunk k, v (B, Hkv, L, d) are appended to it for the caller to write at span.rows,
+        and attention takes them beside the cache (attend_beside; the compiled path). `prior`
+        (with `held`): per layer, k, v (B, Hkv, P, d) of the P rows just before the chunk, held
+        beside the cache as well (the text slots of a unit run as one graph); `span` then covers
+        those P rows and the chunk's L, and `held` receives the chunk's rows only."""
         B, L, D = x.shape
         if cache is not None and mask is not None:
             raise ValueError("pass either a mask (whole sequence) or a cache (streaming), not both")
         if (cache is None) != (span is None):
             raise ValueError("streaming needs both the cache and the chunk's span: cache.span(start, L)")
+        if held is not None and cache is None:
+            raise ValueError("held (the chunk's k, v kept beside the cache) needs the cache and span")
+        if prior is not None and held is None:
+            raise ValueError("prior (earlier rows held beside the cache) needs held")
         if self.backend == "triton" and torch.is_grad_enabled():
             raise RuntimeError("backend 'triton' is inference only (its kernels have no backward): "
                                "run under torch.no_grad(), or train with 'reference' or 'sdpa'")
         cos, sin = rope_angles(pos, self.cfg.rope_split, self.cfg.rope_theta)
         temb = nn.functional.silu(self.t_embed(timestep_features(t, D).to(x.dtype)))  # (B, L, D)
-        mod = self.t_modulation(temb).view(B, L, 6, D)
+        mod = self.t_modulation(temb).view(B, t.shape[1], 6, D)  # (B, L or 1, 6, D)
+        stale = None
+        if held is not None:  # the physical rows the chunk overwrites: not attended in the cache
+            stale = torch.zeros(cache.capacity, dtype=torch.bool, device=x.device).index_fill(0, span.rows, True)
         for i, block in enumerate(self.blocks):
-            x = block(x, mod, cos, sin, mask, self.backend, cache, i, span)
+            x = block(x, mod, cos, sin, mask, self.backend, cache, i, span, held, stale,
+                      None if prior is None else prior[i])
         shift, scale = self.final_modulation(temb).chunk(2, dim=-1)
         return norm_modulate(x, shift, scale, self.cfg.norm_eps, self.backend)

@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels"}
+BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels", "soak": "bench.soak"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,11 @@ media at the model's rates, as numpy arrays the front end can hand to PyAV: fram
 (4, H, W, 3) uint8 RGB at 25 fps and audio (3840,) float32 at 24 kHz, in 160 ms units.
 
 RuntimeEngine runs one supervised worker pair per concurrent call (the runtime serves one
-session a pair). Its threads and the loop meet in two places only:
+session a pair); before it is ready, each pair measures its real-time margin (`margins`).
+A session's unit clock starts with the call's first media (the front end starts it); the
+runtime picks each unit's rung of the quality ladder and skips input units while the pair is
+behind, so an output's `unit` (on the clock) may jump. Its threads and the loop meet in two
+places only:
   in   submit() returns at once; a per-session thread converts the unit to the runtime's
        float layout and hands it over (a pipe write can block while the thinker is busy)
   out  a per-session thread takes decoded units from the runtime's bounded queue, converts
@@ -30,13 +34,15 @@ from model.config import PAD, ModelConfig
 from model.streaming import Character
 from server.runtime.pair import Fault
 from server.runtime.session import Session, SessionEnded
-from server.runtime.supervisor import RuntimeConfig, Supervisor
+from server.runtime.supervisor import Margin, RuntimeConfig, Supervisor
 from server.runtime.timings import RecordSink
 from server.runtime.unit_clock import UnitClock
 
 log = logging.getLogger("duplex.engine")
 OUTPUT_QUEUE = 8  # decoded units waiting for the loop; the oldest goes first when full
-MAX_TYPED_BYTES = 2048  # typed text waiting for text slots (k bytes a unit); more is refused
+# typed text not yet in a text slot (the thinker takes k bytes a unit: 1024 bytes are 41 s of
+# the cpu preset's 4 slots); a message that would go past it is refused, and the page is told
+MAX_TYPED_BYTES = 1024
 
 
 class AtCapacity(Exception):
@@ -50,24 +56,28 @@ class AtCapacity(Exception):
 @dataclass
 class UnitOutput:
     """One unit of the avatar, ready for the output tracks."""
-    unit: int
+    unit: int  # on the session's unit clock: it plays in that unit's place
     frames: np.ndarray  # (4, H, W, 3) uint8 RGB
     audio: np.ndarray  # (3840,) float32 in [-1, 1] at 24 kHz
     text: str  # what the avatar says in this unit ("" when silent)
     signal_to_signal_s: float  # unit handed to the model -> its output ready (model side)
     ready_at: float  # time.monotonic() when the output reached the daemon
     timings: dict[str, float] = field(default_factory=dict)  # seconds: handover, <role>.<stage>
+    steps: int = 0  # solver steps of the quality ladder's rung it ran at
+    top_steps: int = 0  # the top rung's steps: fewer is reduced quality
+    skipped: int = 0  # input units of this session skipped so far (the pair was behind)
 
 
 class EngineSession(Protocol):
     id: str
-    clock: UnitClock  # the unit clock of this session: unit n is due at clock.due(n)
+    clock: UnitClock  # unstarted until the front end starts it with the call's first media
     outputs: asyncio.Queue[UnitOutput]
     ended: asyncio.Event  # set once the session is over and its resources are free
     end_reason: str
 
     def submit(self, unit: int, frames: np.ndarray, audio: np.ndarray) -> None:
-        """Input unit `unit` (frames (4, H, W, 3) uint8, audio (3840,) float32); never blocks."""
+        """Input unit `unit` of the clock (frames (4, H, W, 3) uint8, audio (3840,) float32);
+        never blocks; the runtime may skip it while the pair is behind."""
 
     def submit_text(self, text: str) -> bool:
         """Typed text from the page; returns whether it enters the model's stream."""
@@ -77,8 +87,11 @@ class EngineSession(Protocol):
 
 
 class Engine(Protocol):
-    ready: bool  # workers loaded and serving
+    ready: bool  # workers loaded and measured: the engine has started
+    healthy: bool  # False when no worker pair can be started any more: restart the daemon
+    available: int  # call slots that would take a call now (up, not restarting, free)
     capacity: int  # calls at once
+    margins: list[Margin]  # each rung's real-time margin measured at start (the first pair's)
     active: int  # calls holding a slot (a closing call holds it until its resources are free)
     kv_cache_tokens: int  # KV rows in use per layer, summed over the calls
 
@@ -110,6 +123,7 @@ class RuntimeSession:
     def __init__(self, sid: str, session: Session, loop: asyncio.AbstractEventLoop,
                  kv_rows: tuple[int, int, int], on_free: Callable[[], None]):
         self.id, self.clock = sid, session.clock
+        self._top_steps = session.ladder[0].steps
         self.outputs: asyncio.Queue[UnitOutput] = asyncio.Queue(OUTPUT_QUEUE)
         self.ended = asyncio.Event()
         self.end_reason = ""
@@ -119,6 +133,8 @@ class RuntimeSession:
         self._text = TextDecoder()
         self._handed: dict[int, tuple[float, float]] = {}  # unit -> (submit called, handed over)
         self._typed = b""  # typed text that goes with the next unit
+        self._backlog = 0  # typed bytes handed over that the thinker has not put in a slot yet
+        self._slots = session.text_slots
         self._lock = threading.Lock()  # guards the two flags and the hand-over thread's queue
         self._closing = False  # close() was called: no more units
         self._over = False  # the runtime session has ended: the hand-over thread is shut
@@ -134,10 +150,13 @@ class RuntimeSession:
                 self._in.submit(self._hand_over, unit, frames, audio, typed, time.monotonic())
 
     def submit_text(self, text: str) -> bool:
-        """The bytes go with the next unit; the thinker feeds them into the next text slots."""
+        """The bytes go with the next unit; the thinker feeds them into the next text slots.
+        Refused (False) while MAX_TYPED_BYTES would be waiting, counted with what the thinker
+        still holds: it takes only k bytes a unit."""
         data = text.encode()
         with self._lock:
-            if self._closing or self._over or len(self._typed) + len(data) > MAX_TYPED_BYTES:
+            waiting = self._backlog + len(self._typed)
+            if self._closing or self._over or waiting + len(data) > MAX_TYPED_BYTES:
                 return False
             self._typed += data
         return True
@@ -158,13 +177,15 @@ class RuntimeSession:
         f = frames.transpose(0, 3, 1, 2)[None].astype(np.float32) * (2 / 255) - 1
         self._handed[unit] = (called, time.monotonic())  # before: the output may beat us back
         try:
-            n = self._session.submit(f, audio[None].astype(np.float32, copy=False), typed)
+            n = self._session.submit(f, audio[None].astype(np.float32, copy=False), typed, clock_unit=unit)
         except SessionEnded:
             return  # the reader notices the end and reports its reason
-        if n != unit:  # a front-end bug: end the call rather than feed the model out of order
-            log.error("session %s: unit %d handed over as the runtime's unit %d", self.id, unit, n)
-            self.end_reason = f"internal error: input unit {unit} arrived as unit {n}"
-            self._end_runtime_session()
+        with self._lock:
+            if n is None:  # skipped: the pair is behind; the typed text goes with the next unit
+                del self._handed[unit]
+                self._typed = typed + self._typed
+            else:  # the thinker's queue of typed bytes: what came, less one unit's slots
+                self._backlog = max(0, self._backlog + len(typed) - self._slots)
 
     def _end_runtime_session(self) -> None:
         """The pair finishes the units handed over, then frees the session (the reader sees it)."""
@@ -179,12 +200,13 @@ class RuntimeSession:
             out = s.outputs.get(timeout=0.05)
             if out is not None:
                 ready = time.monotonic()
-                called, started = self._handed.pop(out.unit, (ready, ready))
+                called, started = self._handed.pop(out.clock_unit, (ready, ready))
                 self.kv_cache_tokens = self._sinks + min(out.unit + 1, self._window) * self._unit_rows
                 frames = ((out.frames.transpose(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).astype(np.uint8)
                 timings = {"handover": started - called, **{f"thinker.{k}": v for k, v in out.stages.items()}}
-                uo = UnitOutput(out.unit, frames, out.audio.astype(np.float32, copy=False),
-                                self._text(out.text), ready - started, ready, timings)
+                uo = UnitOutput(out.clock_unit, frames, out.audio.astype(np.float32, copy=False),
+                                self._text(out.text), ready - started, ready, timings, out.steps,
+                                self._top_steps, s.skipped)
                 self._loop.call_soon_threadsafe(self._deliver, uo)
             elif s.end is not None:
                 break
@@ -214,9 +236,11 @@ class RuntimeEngine:
     """`pairs` supervised thinker-performer pairs; each serves one call at a time."""
 
     def __init__(self, cfg: RuntimeConfig, model: ModelConfig, pairs: int = 1,
-                 sink: RecordSink | None = None, on_fault: Callable[[Fault], None] | None = None):
+                 sink: RecordSink | None = None, on_fault: Callable[[Fault], None] | None = None,
+                 on_skip: Callable[[int], None] | None = None):
         self.cfg, self.capacity = cfg, pairs
-        self._sink, self._on_fault = sink, on_fault
+        self._sink, self._on_fault, self._on_skip = sink, on_fault, on_skip
+        self.margins: list[Margin] = []
         self._sups: list[Supervisor] = []
         self._busy: dict[int, RuntimeSession | None] = {}  # pair index -> its call (None: opening)
         self._lock = threading.Lock()
@@ -226,8 +250,18 @@ class RuntimeEngine:
 
     @property
     def ready(self) -> bool:
-        # a fault is appended before the pair restarts, restarts counted once it is up again
-        return bool(self._sups) and all(len(s.faults) == s.restarts for s in self._sups)
+        return len(self._sups) == self.capacity
+
+    @property
+    def healthy(self) -> bool:
+        return not self._sups or any(s.healthy for s in self._sups)
+
+    @property
+    def available(self) -> int:
+        """Pairs up (not restarting after a fault) and without a call: one restarting pair
+        never blocks the others."""
+        with self._lock:
+            return sum(s.free for i, s in enumerate(self._sups) if i not in self._busy)
 
     @property
     def active(self) -> int:
@@ -243,15 +277,24 @@ class RuntimeEngine:
             # it logs faults and restarts the pair; the session gets the reason
             sup = Supervisor(self.cfg, sink=self._sink, on_fault=self._on_fault)
             await loop.run_in_executor(None, sup.start)
+            try:  # warm-up units, measured: the pair counts as ready only after them
+                margins = await loop.run_in_executor(None, sup.measure)
+            except BaseException:
+                await loop.run_in_executor(None, sup.close)
+                raise
+            self.margins = self.margins or margins
             self._sups.append(sup)
 
     async def start_session(self, character: Character) -> RuntimeSession:
         if not self.ready:
             raise AtCapacity("the model workers are starting; try again shortly", retry_after_s=5)
         with self._lock:
-            free = [i for i in range(len(self._sups)) if i not in self._busy]
+            idle = [i for i in range(len(self._sups)) if i not in self._busy]
+            free = [i for i in idle if self._sups[i].free]
             if not free:
-                raise AtCapacity(f"all {self.capacity} call slot(s) are in use", retry_after_s=2)
+                raise AtCapacity(f"all {self.capacity} call slot(s) are in use" if not idle else
+                                 "the model workers are restarting after a fault; try again shortly",
+                                 retry_after_s=2 if not idle else 5)
             pair = free[0]
             self._busy[pair] = None  # reserved while the character is prefilled
             self._seq += 1
@@ -259,7 +302,8 @@ class RuntimeEngine:
         loop = asyncio.get_running_loop()
         try:
             session = await loop.run_in_executor(
-                None, lambda: self._sups[pair].open_session(character, seed=seed, timeout=5.0))
+                None, lambda: self._sups[pair].open_session(character, seed=seed, timeout=5.0,
+                                                            start_clock=False, on_skip=self._on_skip))
         except (TimeoutError, RuntimeError) as e:  # the pair is restarting after a fault
             self._free(pair)
             raise AtCapacity(f"the call could not start: {e}", retry_after_s=5) from e

@@ -84,6 +84,16 @@ class Metrics:
             p + "frontend_overhead_seconds", "The front end's share of a unit's latency: in = last "
             "input frame arrived -> unit handed to the thinker; out = output ready -> its first "
             "frame leaves the track", ["direction"], registry=r, buckets=FRONTEND_BUCKETS)
+        self.solver_steps = Gauge(
+            p + "solver_steps", "Solver steps of the quality ladder's rung the last unit ran at "
+            "(fewer than the preset's: reduced quality, the machine is behind)", registry=r)
+        self.units_skipped = Counter(
+            p + "units_skipped_total", "Input units skipped because the worker pair was behind "
+            "even at the lowest rung (the caller sees the last frame held, hears silence)", registry=r)
+        self.realtime_margin = Gauge(
+            p + "realtime_margin", "The worker pair's real-time margin measured at start-up: the "
+            "unit (160 ms) / its per-unit cost, at the top and the lowest rung (> 1 holds)",
+            ["rung"], registry=r)
         self.kv_cache_tokens = Gauge(
             p + "kv_cache_tokens", "KV-cache rows in use per layer, summed over the calls in progress",
             registry=r)
@@ -120,6 +130,7 @@ class Metrics:
         for role, late in rec.late.items():
             if late:
                 self.deadline_misses.labels(role).inc()
+        self.solver_steps.set(rec.steps)
 
     def track_kv_cache(self, rows: Callable[[], int]) -> None:
         """Read the KV-cache gauge from `rows()` at each scrape."""

@@ -4,7 +4,9 @@ Runbook:
   1. settings from flags and DUPLEX_* variables; the model config (preset or checkpoint);
      every character loaded and checked: a bad one stops the start here, with its file named
   2. the HTTP server on host:port at once (/healthz answers; /readyz says 503 until step 3)
-  3. the engine: thinker and performer, two processes per call slot, loaded in the background
+  3. the engine: thinker and performer, two processes per call slot, loaded in the background;
+     each pair runs measured warm-up units before /readyz says 200, and the real-time margin
+     at the top and the lowest rung is logged in one line and exported (never a refusal)
   4. serve until SIGTERM or SIGINT (or until the workers cannot start: exit 1)
   5. drain: at the signal, stop taking calls (/readyz 503, offers 503 + Retry-After); running
      calls go on for up to `drain_seconds` (a second signal cuts it short), then end with
@@ -20,19 +22,20 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import uvloop
 from aiohttp import web
 from pydantic import ValidationError
 
-from model.config import ModelConfig, preset
+from model.config import UNIT_SECONDS, ModelConfig, preset
 from server.engine import RuntimeEngine
 from server.frontend.app import FrontEnd
 from server.frontend.call import use_loopback_candidates
 from server.frontend.characters import CharacterEntry, CharacterError, load_characters
 from server.frontend.routes import make_app
 from server.metrics import Metrics
-from server.runtime.supervisor import RuntimeConfig
+from server.runtime.supervisor import Margin, RuntimeConfig
 from server.runtime.transport import pick_transport
 from server.settings import Settings, parse_settings
 
@@ -56,6 +59,47 @@ def gpu_memory_used() -> dict[str, int]:
         return {}
 
 
+def single_process_margin(preset_name: str, units: int = 12) -> float:
+    """A quick lower bound of a preset's margin: one thread runs the whole unit (both workers'
+    steps in series) in this process; the pair, on two cores, does better."""
+    import torch
+
+    from model.duplex import build_model
+    from model.streaming import Streamer
+    from server.runtime.reference import run_single
+    from server.runtime.synthetic import synthetic_character, synthetic_unit
+    cfg = preset(preset_name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        streamer = Streamer(build_model(cfg, seed=0))
+        inputs = [tuple(map(torch.from_numpy, synthetic_unit(cfg, 0, n))) for n in range(units)]
+        run_single(streamer, synthetic_character(cfg), 0, inputs[:2])  # first allocations
+        t = time.perf_counter()
+        run_single(streamer, synthetic_character(cfg), 0, inputs, rungs=[len(streamer.ladder) - 1] * units)
+        return UNIT_SECONDS * units / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def describe_margins(margins: list[Margin], preset_name: str, smaller: tuple[str, float] | None) -> str:
+    """The start-up line: how this machine will serve calls."""
+    top, low = margins[0], margins[-1]
+    line = f"real-time margin {top.margin:.2f}x at full quality ({top.steps} steps)"
+    if low.rung != top.rung:
+        line += f", {low.margin:.2f}x at the lowest rung ({low.steps} step{'s' * (low.steps > 1)})"
+    if top.margin >= 1:
+        verdict = "calls run at full quality on this machine"
+    elif low.margin >= 1:
+        verdict = "calls will run degraded on this machine (fewer solver steps)"
+    else:
+        verdict = "calls will run degraded and skip units on this machine"
+    line += f": {verdict}"
+    if smaller is not None:
+        line += f"; --preset {smaller[0]} holds {smaller[1]:.1f}x or more"
+    return line + f" (preset {preset_name})"
+
+
 async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, CharacterEntry],
               transport: str) -> int:
     metrics = Metrics(cfg.name, transport)
@@ -64,9 +108,11 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
     checkpoint = None if settings.checkpoint is None else str(settings.checkpoint)
     runtime = RuntimeConfig(preset=settings.preset, checkpoint=checkpoint, transport=transport,
                             threads=settings.threads, backend=settings.backend,
-                            cuda_graphs=settings.cuda_graphs, ready_timeout_s=settings.ready_timeout_s)
+                            cuda_graphs=settings.cuda_graphs, compile=settings.compile,
+                            ready_timeout_s=settings.ready_timeout_s)
     engine = RuntimeEngine(runtime, cfg, pairs=settings.max_sessions, sink=metrics.observe_record,
-                           on_fault=lambda f: metrics.worker_restarts.labels(f.role.value).inc())
+                           on_fault=lambda f: metrics.worker_restarts.labels(f.role.value).inc(),
+                           on_skip=lambda unit: metrics.units_skipped.inc())
     metrics.session_slots.set(settings.max_sessions)
     front = FrontEnd(settings, engine, characters, cfg, metrics)
     if settings.loopback:
@@ -105,6 +151,7 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
         log.error("the model workers could not start: %s", loading.exception())
         code = 1
     elif loading.done():
+        await report_margins(engine.margins, cfg.name, metrics)
         # what start-up made (modules, the model's config, aiortc) is never garbage: out of the
         # collector's sight, a full collection takes milliseconds, not a 150 ms stall of the
         # media tracks (measured on the cpu preset before this)
@@ -124,6 +171,17 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
     stopping.cancel()
     log.info("stopped")
     return code
+
+
+async def report_margins(margins: list[Margin], preset_name: str, metrics: Metrics) -> None:
+    """Log and export the measured margins; below 1 at full quality, also measure `tiny`."""
+    for m, label in zip((margins[0], margins[-1]), ("top", "lowest")):
+        metrics.realtime_margin.labels(label).set(m.margin)
+    smaller = None
+    if margins[0].margin < 1 and preset_name != "tiny":
+        loop = asyncio.get_running_loop()
+        smaller = ("tiny", await loop.run_in_executor(None, single_process_margin, "tiny"))
+    (log.info if margins[0].margin >= 1 else log.warning)(describe_margins(margins, preset_name, smaller))
 
 
 def main(argv: list[str]) -> int:

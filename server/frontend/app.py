@@ -93,6 +93,8 @@ class FrontEnd:
             return False, "the model workers are not ready"
         if e.active >= e.capacity:
             return False, f"all {e.capacity} call slot(s) are in use"
+        if e.available == 0:
+            return False, "the model workers are restarting after a fault"
         return True, "ready"
 
     async def start_call(self, offer: Offer) -> tuple[Call, str]:

@@ -3,8 +3,11 @@
   in    the caller's camera and microphone tracks -> UnitAssembler -> engine (on the unit clock)
   out   engine outputs -> Playout -> AvatarVideoTrack + AvatarAudioTrack; captions and
         latency go to the page on the data channel as each unit starts playing
-  life  the page pings every second; a call whose page is silent for `liveness_s` (a closed
-        tab, a lost network: aiortc alone notices only after ~30 s of failed consent checks),
+  clock the unit clock starts with the caller's first media frame (unit_assembler.py), not
+        when the session opened: slow ICE gathering (TURN) costs start-up time, not units
+  life  any inbound media frame or data-channel message is a sign of life; a call silent for
+        `liveness_s` (a closed tab, a lost network: aiortc alone notices only after ~30 s of
+        failed consent checks),
         that does not connect, that reaches `max_call_s`, or whose engine session ends, is ended
 Ending a call, whatever the cause: 1. tell the page why (data channel), 2. stop the call's
 tasks, 3. close the engine session (its KV cache and queues are freed), 4. close the peer
@@ -71,13 +74,14 @@ class Call:
         self.id, self.session, self.character = session.id, session, character
         self.settings, self.metrics, self._on_end = settings, metrics, on_end
         self.started = time.monotonic()
-        self.last_seen: float | None = None  # the page's last data channel message
+        self.last_seen: float | None = None  # the caller's last media frame or data-channel message
         self.end_reason = ""
         self.done = asyncio.Event()
         self.channel = Channel()
         self.assembler = UnitAssembler(session.clock, cfg.video.width, cfg.video.height,
                                        cfg.audio.sample_rate, cfg.audio.samples_per_unit, metrics)
-        self.playout = Playout(session.clock, metrics, self._on_leave, self._on_media_error)
+        self.playout = Playout(session.clock, self.assembler.started, metrics, self._on_leave,
+                               self._on_media_error)
         self.pc = RTCPeerConnection(rtc_configuration(settings.ice_servers))
         self._in: dict[int, tuple[float | None, float]] = {}  # unit -> (newest input, cut at)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -129,7 +133,8 @@ class Call:
         try:
             while True:
                 frame = await track.recv()
-                push(frame, time.monotonic())
+                self.last_seen = now = time.monotonic()
+                push(frame, now)
         except MediaStreamError:
             return  # the caller stopped sending; liveness decides whether the call is over
 
@@ -161,7 +166,8 @@ class Call:
         if out.text:
             self.channel.send("caption", unit=out.unit, text=out.text)
         self.channel.send("latency", unit=out.unit, model_ms=round(out.signal_to_signal_s * 1e3, 2),
-                          in_ms=in_ms, out_ms=round(out_s * 1e3, 2), wait_ms=round((left - pushed_at) * 1e3, 2))
+                          in_ms=in_ms, out_ms=round(out_s * 1e3, 2), wait_ms=round((left - pushed_at) * 1e3, 2),
+                          steps=out.steps, top_steps=out.top_steps, skipped=out.skipped)
 
     def _on_media_error(self, what: str, error: BaseException) -> None:
         self.end(f"the server's {what} failed: {error}", "error")
@@ -174,16 +180,27 @@ class Call:
         self.channel.send("hello", session=self.id, character=self.character.name)
 
     def _on_message(self, raw: str | bytes) -> None:
-        self.last_seen = time.monotonic()
+        """Runs inside aiortc's DTLS receive loop: nothing may escape, or the call's media dies.
+        A bad message is ignored (the page hears of it in a throttled `error` event, the log in
+        a throttled line); anything else unexpected is counted, logged and ends the call."""
+        now = self.last_seen = time.monotonic()
         try:
             msg = parse_message(raw)
         except PageMessageError as e:
-            log.warning("call %s: ignored a page message: %s", self.id, e)
+            if n := self.channel.bad.note(now):
+                log.warning("call %s: ignored %d page message(s) (%d in this call), the last: %s",
+                            self.id, n, self.channel.bad.total, e)
+                self.channel.send("error", reason=f"message ignored: {e}", ignored=n)
             return
-        if msg.type == "text":
-            self.channel.send("text", text=msg.text, delivered=self.session.submit_text(msg.text))
-        elif msg.type == "bye":
-            self.end("you hung up", "ok")
+        try:
+            if msg.type == "text":
+                self.channel.send("text", text=msg.text, delivered=self.session.submit_text(msg.text))
+            elif msg.type == "bye":
+                self.end("you hung up", "ok")
+        except Exception as e:  # never into aiortc's loop
+            self.metrics.media_errors.labels("data channel").inc()
+            log.exception("call %s: a %s message from the page failed", self.id, msg.type)
+            self.end(f"the server's data channel failed: {e}", "error")
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -201,7 +218,7 @@ class Call:
             elif self.last_seen is None and now - self.started > s.connect_timeout_s:
                 self.end(f"the call did not connect within {s.connect_timeout_s:g} s", "dropped")
             elif self.last_seen is not None and now - self.last_seen > s.liveness_s:
-                self.end(f"nothing heard from the page for {s.liveness_s:g} s "
+                self.end(f"nothing heard from the caller for {s.liveness_s:g} s "
                          f"(tab closed or network lost)", "dropped")
 
     # -- the end ------------------------------------------------------------------------------

@@ -17,11 +17,15 @@ lip-sync holds by construction, whatever either track's timing.
   delay       adapts to the model: a high quantile of how late recent units arrived after
               their due time, plus a margin; a change moves the schedule (a held or a skipped
               frame) and happens only when it is worth more than HYSTERESIS_S
+Before the call's first media the unit clock has not started (unit_assembler.py): the tracks
+wait for `started` and send nothing. Units the runtime skipped (the pair was behind) never
+arrive: their ticks hold the last frame and play silence, counted as underruns.
 The first tick of each unit that leaves reports when (`on_leave(out, pushed_at, left)`): the
 front end's output overhead, and the moment the unit's captions go to the page.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -59,9 +63,11 @@ class Ticks:
 
 
 class Playout:
-    def __init__(self, clock: UnitClock, metrics: Metrics, on_leave: Callable[[UnitOutput, float, float], None],
+    def __init__(self, clock: UnitClock, started: asyncio.Event, metrics: Metrics,
+                 on_leave: Callable[[UnitOutput, float, float], None],
                  on_error: Callable[[str, BaseException], None]):
         self.clock, self.metrics, self.on_leave, self.on_error = clock, metrics, on_leave, on_error
+        self.started = started  # set when the unit clock starts (the call's first media)
         self.delay = START_DELAY_S
         self.playing = False  # a track has asked for media: drops and underruns count from here
         self.underruns = {"video": 0, "audio": 0}

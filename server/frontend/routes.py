@@ -13,7 +13,7 @@
                                   TURN credentials (static or minted) only with the token when one
                                   is set (401 for a wrong one)
   GET  /metrics                   Prometheus
-  GET  /healthz                   the process is up
+  GET  /healthz                   the process is up and can serve (503 once no worker pair can start)
   GET  /readyz                    the workers are loaded and a call slot is free (503 otherwise)
 Every refusal is JSON {"error": reason}; a refused request changes nothing else.
 
@@ -159,6 +159,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The process is up and can still serve: 503 once no worker pair can be started any more
+    (an orchestrator then restarts the daemon)."""
+    if not request.app[FRONT].engine.healthy:
+        return web.json_response({"status": "broken", "reason": "no worker pair can be started: "
+                                  "see the log; restarting the daemon may help"}, status=503)
     return web.json_response({"status": "up"})
 
 

@@ -47,6 +47,7 @@ class PacedTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         try:
+            await self.playout.started.wait()  # no schedule before the call's first media
             self._i = i = self.playout.next_index(self._i, self.period)
             await asyncio.sleep(max(0.0, self.playout.due(i, self.period) - time.monotonic()))
             frame = self.take(i)

@@ -1,8 +1,13 @@
 """The input side of a call: the browser's camera and microphone, cut into the model's 160 ms
 units on the session's unit clock.
 
+The clock starts here, with the call's first media frame (audio or video): `started` is set
+then, and unit 0 spans the 160 ms from that frame's arrival. Slow ICE (TURN) or a slow first
+frame therefore delays the call's start, never makes its first units overdue.
+
   video  any size, any rate: each frame is kept with its arrival time (a bounded queue; when
-         full the oldest is dropped and counted). Unit n's four 40 ms slots take the newest
+         full the oldest is dropped and counted); a frame larger than MAX_KEPT_PIXELS (a 4K
+         camera) is scaled to the model's size on arrival, so a call holds little memory. Unit n's four 40 ms slots take the newest
          frame that arrived by the slot's end (a faster camera loses frames, a slower one
          repeats them); a slot with no new frame repeats the last one and is counted as a fill.
          Only the frames used are converted (PyAV: scale + RGB), at cut time.
@@ -35,6 +40,7 @@ from server.runtime.unit_clock import UnitClock
 EARLY_S = 1 / FPS  # a complete unit may go at most one video frame before it is due
 AUDIO_FRAME_S = 0.02  # fills and drops of audio are counted in 20 ms frames, as WebRTC sends them
 GREY = 128  # the picture before the camera's first frame: 0.0 in the model's [-1, 1]
+MAX_KEPT_PIXELS = 1280 * 720  # larger frames are scaled down as they arrive, not kept whole
 
 
 @dataclass
@@ -65,6 +71,14 @@ class UnitAssembler:
         self._audio_arrived: float | None = None
         self._samples_per_frame = round(sample_rate * AUDIO_FRAME_S)
         self._complete = asyncio.Event()  # a unit's worth of audio is in
+        self.started = asyncio.Event()  # the first media arrived: the unit clock runs
+        if clock.started:
+            self.started.set()
+
+    def _arrived(self, t: float) -> None:
+        if not self.started.is_set():
+            self.clock.start(t)
+            self.started.set()
 
     def _fill(self, kind: str, n: int) -> None:
         if n:
@@ -77,12 +91,16 @@ class UnitAssembler:
 
     # -- arrivals (the track readers call these as frames come in) ----------------------------
     def push_video(self, frame: av.VideoFrame, arrived: float) -> None:
+        self._arrived(arrived)
+        if frame.width * frame.height > MAX_KEPT_PIXELS:
+            frame = frame.reformat(width=self.width, height=self.height, format="rgb24")
         self._video.append((arrived, frame))
         if len(self._video) > self._max_video:
             self._video.popleft()
             self._drop("video", 1)
 
     def push_audio(self, frame: av.AudioFrame, arrived: float) -> None:
+        self._arrived(arrived)
         if self._resampler is None:
             # keep the caller's channels and average them: FFmpeg's stereo -> mono downmix adds
             # +3 dB, which would push a loud voice past full scale
@@ -106,7 +124,7 @@ class UnitAssembler:
     # -- the cut ------------------------------------------------------------------------------
     def cut(self, unit: int) -> AssembledUnit:
         """Unit `unit` from what has arrived; removes what it used."""
-        start = self.clock.t0 + self.clock.period * unit
+        start = self.clock.due(unit) - self.clock.period
         newest: float | None = None
         frames = []
         for k in range(FRAMES_PER_UNIT):
@@ -132,7 +150,9 @@ class UnitAssembler:
         return AssembledUnit(unit, np.stack(frames), audio, newest, time.monotonic())
 
     async def run(self, submit: Callable[[AssembledUnit], None], grace_s: float = 0.005) -> None:
-        """Cut unit after unit and hand each to `submit`; runs until cancelled."""
+        """From the first media on, cut unit after unit and hand each to `submit`; runs until
+        cancelled."""
+        await self.started.wait()
         unit = 0
         while True:
             due = self.clock.due(unit)

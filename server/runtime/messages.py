@@ -64,6 +64,7 @@ class InputUnit:
     frames: np.ndarray  # (1, 4, 3, H, W) float32 in [-1, 1]
     audio: np.ndarray  # (1, samples_per_unit) float32 in [-1, 1]
     text: bytes = b""  # typed by the caller since the last unit (UTF-8): forced into the text slots
+    rung: int = 0  # the quality ladder's rung the performer solves this unit at
 
 
 @dataclass
@@ -106,6 +107,8 @@ class UnitOutput:
     latents_bytes: int = 0  # the latents' message, performer -> thinker
     latents_seconds: float = 0.0
     shipped_ns: int = 0  # monotonic ns when unit n's KV rows were sent to the performer
+    clock_unit: int = -1  # filled by the session: the unit on the clock this answers
+    steps: int = 0  # filled by the session: the solver steps it ran at
 
     def latents(self) -> Latents:
         return Latents(torch.from_numpy(self.z_video)[None], torch.from_numpy(self.z_audio)[None])

@@ -1,7 +1,8 @@
 """The performer's core: its copy of the session's KV cache and the flow-matching solve.
 
   open(seed, rows)   a new session: reset the cache, append the initial cache (the sinks)
-  on_rows(rows)      append resp_{n-1}, obs_n, text_n; solve resp_n from seeded noise: z_n
+  on_rows(rows, rung) append resp_{n-1}, obs_n, text_n; solve resp_n from seeded noise at that
+                     rung of the quality ladder: z_n
 
 The noise of unit n comes from a generator seeded by (session seed, n) (`unit_noise`), so the
 single-process reference path draws exactly the same noise. The performer never decodes and
@@ -9,6 +10,7 @@ never runs the text head. A plain class: no transport, no pipe, no clock.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +41,9 @@ class Solved:
 
 
 class Performer:
-    def __init__(self, streamer: Streamer):
-        self.s = streamer
+    def __init__(self, streamer: Streamer, eval_delay_s: float = 0.0):
+        """`eval_delay_s`: test only, a sleep per solver evaluation, as a slower machine takes."""
+        self.s, self.eval_delay_s = streamer, eval_delay_s
         self.timer = StageTimer()
         self.cache = streamer.new_cache()
         self.seed = 0
@@ -67,8 +70,8 @@ class Performer:
                              f"thinker must ship each unit's new rows once, in order")
         return unit
 
-    def on_rows(self, rows: KVRows) -> Solved:
-        """Append the rows of unit n and solve resp_n."""
+    def on_rows(self, rows: KVRows, rung: int = 0) -> Solved:
+        """Append the rows of unit n and solve resp_n at rung `rung` of the ladder."""
         n = self._unit_of(rows)
         # 1. append resp_{n-1} (clean, from the thinker: it overwrites the solver's last step),
         #    obs_n and text_n
@@ -76,5 +79,8 @@ class Performer:
             self.cache.append(rows)
         # 2. noise seeded by (session seed, n); the solver's steps against the cache
         with self.timer.stage(n, "solve"):
-            z = self.s.denoise(self.cache, n, unit_noise(self.s, self.seed, n))
+            r = self.s.ladder[rung]
+            if self.eval_delay_s:
+                time.sleep(self.eval_delay_s * r.evaluations)
+            z = self.s.denoise(self.cache, n, unit_noise(self.s, self.seed, n), r)
         return Solved(n, z, self.timer.take(n))

@@ -5,7 +5,7 @@ on CPU (tests/server/test_runtime_split.py). It keeps no timings: bench/ times t
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from torch import Tensor
 
@@ -15,9 +15,11 @@ from server.runtime.thinker import Decoded, typed_slots
 
 
 def run_single(streamer: Streamer, character: Character, seed: int,
-               inputs: Iterable[tuple[Tensor, Tensor]], typed: dict[int, bytes] | None = None) -> list[Decoded]:
+               inputs: Iterable[tuple[Tensor, Tensor]], typed: dict[int, bytes] | None = None,
+               rungs: Sequence[int] | None = None) -> list[Decoded]:
     """inputs: per unit (frames (B, 4, 3, H, W), audio (B, samples_per_unit)); typed: unit ->
-    bytes typed with that unit (the thinker's rule: they fill the next text slots); one Decoded a unit."""
+    bytes typed with that unit (the thinker's rule: they fill the next text slots); rungs: per
+    unit, the quality ladder's rung of its solve (default: the top); one Decoded a unit."""
     s = streamer
     st = s.new_state()
     s.prefill(st, character)
@@ -27,7 +29,8 @@ def run_single(streamer: Streamer, character: Character, seed: int,
         s.observe(st, frames, audio)
         queue.extend((typed or {}).get(n, b""))
         tokens, _ = s.speak(st, forced=typed_slots(queue, s.lay.text, frames.device))
-        z = s.denoise(st.cache, n, unit_noise(s, seed, n, batch=frames.shape[0]))
+        rung = s.ladder[rungs[n] if rungs is not None else 0]
+        z = s.denoise(st.cache, n, unit_noise(s, seed, n, batch=frames.shape[0]), rung)
         s.commit(st, z)
         video, audio_out = s.decode(st, z)
         out.append(Decoded(n, tokens, z, video, audio_out, stages={}))

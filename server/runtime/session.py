@@ -1,11 +1,19 @@
 """One session (one call) as the supervisor's caller sees it: hand input units in, take decoded
 units out of a bounded queue, learn how and why it ended.
 
+Real time on any machine (DESIGN: "Real time on any machine"):
+  rungs    each unit runs at a rung of the quality ladder (model/flow.py), chosen by the
+           controller (ladder.py) from how late the units before it came back on the clock
+  skips    at most `max_lag_units` units are in flight (handed over, output not back); an input
+           unit that comes when that many are in flight is stale before it could start: it is
+           skipped (never handed to the thinker), counted, and the caller's playout holds the
+           last frame and plays silence for it. The model's own unit counter stays dense: model
+           unit n is the n-th unit handed over, whatever its unit on the clock (`clock_unit`).
+  A session ends only when it is closed or for a fault, never for slowness.
 Bounds, so that nothing grows with a slow consumer or a slow pair:
   outputs  an OutputQueue of `output_queue` units; when full the oldest is dropped and counted
-  inputs   at most `max_lag_units` units handed over without their output back; one more and
-           the session ends ("fell behind") instead of queueing
-The per-unit record (both roles' stages, transfers, signal-to-signal, deadline misses) is
+  inputs   at most `max_lag_units` in flight, as above
+The per-unit record (both roles' stages, transfers, signal-to-signal, deadline misses, rung) is
 assembled here from the thinker's UnitOutput and the performer's SolveReport.
 """
 from __future__ import annotations
@@ -18,6 +26,8 @@ from typing import Callable, Generic, TypeVar
 
 import numpy as np
 
+from model.flow import Rung
+from server.runtime.ladder import ControllerConfig, LadderState, initial_state, next_state
 from server.runtime.messages import SolveReport, UnitOutput
 from server.runtime.timings import DOWN, PERFORMER, THINKER, UP, RecordSink, Transfer, UnitRecord
 from server.runtime.unit_clock import UnitClock
@@ -59,6 +69,8 @@ class OutputQueue(Generic[T]):
 class _Partial:
     """Half a UnitRecord: the thinker's output and the performer's report arrive separately."""
     t_input: float
+    clock_unit: int  # the unit on the clock this model unit answers
+    rung: int
     out: UnitOutput | None = None
     rep: SolveReport | None = None
     s2s: float = 0.0
@@ -77,46 +89,69 @@ class SessionEnd:
     units_out: int
     dropped_outputs: int
     deadline_misses: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0  # input units skipped because the pair was behind
+
+
+SendInput = Callable[[int, np.ndarray, np.ndarray, bytes, int], None]  # (unit, frames, audio, text, rung)
 
 
 class Session:
     """Created by Supervisor.open_session; thread-safe against the supervisor's monitor."""
 
-    def __init__(self, sid: int, clock: UnitClock,
-                 send_input: Callable[[int, np.ndarray, np.ndarray, bytes], None],
+    def __init__(self, sid: int, clock: UnitClock, send_input: SendInput,
                  request_end: Callable[["Session"], None], sink: RecordSink | None,
-                 output_queue: int, max_lag_units: int):
+                 output_queue: int, max_lag_units: int, ladder: tuple[Rung, ...] = (Rung(1),),
+                 controller: ControllerConfig = ControllerConfig(),
+                 on_skip: Callable[[int], None] | None = None, text_slots: int = 1):
         self.id, self.clock = sid, clock
+        self.text_slots = text_slots  # k: typed bytes the thinker puts in the stream a unit
         self.outputs: OutputQueue[UnitOutput] = OutputQueue(output_queue)
         self.max_lag_units = max_lag_units
+        self.ladder, self.controller = ladder, controller
+        self.ladder_state: LadderState = initial_state(controller)
+        self.fixed_rung: int | None = None  # set: every unit runs at this rung (the start-up measure)
         self._send_input, self._request_end, self._sink = send_input, request_end, sink
+        self._on_skip = on_skip
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self.end: SessionEnd | None = None
-        self.units_in = self.units_out = 0
+        self.units_in = self.units_out = self.skipped = 0
+        self._next_clock_unit = 0
         self.misses = {THINKER: 0, PERFORMER: 0}
         self._partial: dict[int, _Partial] = {}  # units in flight only: bounded by max_lag_units
 
+    @property
+    def rung(self) -> int:
+        """The rung the next unit runs at."""
+        return self.fixed_rung if self.fixed_rung is not None else self.ladder_state.rung
+
     # -- the caller's side ------------------------------------------------------------------
-    def submit(self, frames: np.ndarray, audio: np.ndarray, text: bytes = b"") -> int:
-        """Hand over the next complete input unit (frames (1, 4, 3, H, W), audio (1, samples),
-        float32 in [-1, 1]; `text`, UTF-8 typed since the last unit); returns its unit index.
-        Raises SessionEnded once it is over."""
+    def submit(self, frames: np.ndarray, audio: np.ndarray, text: bytes = b"",
+               clock_unit: int | None = None) -> int | None:
+        """Hand over input unit `clock_unit` of the clock (default: the one after the last;
+        frames (1, 4, 3, H, W), audio (1, samples), float32 in [-1, 1]; `text`, UTF-8 typed
+        since the last unit). Returns its model unit, or None when it was skipped because
+        `max_lag_units` units are still in flight. Raises SessionEnded once it is over."""
         with self._lock:
             if self.end is not None:
                 raise SessionEnded(self.end.reason)
-            n, lag = self.units_in, self.units_in - self.units_out
-            if lag >= self.max_lag_units:
-                reason = (f"fell behind: {lag} units handed over without output "
-                          f"(max_lag_units={self.max_lag_units}); the pair is slower than real time")
-                self._finish(False, reason)
+            c = self._next_clock_unit if clock_unit is None else clock_unit
+            if c < self._next_clock_unit:
+                raise ValueError(f"clock unit {c} handed over after clock unit {self._next_clock_unit - 1}: "
+                                 f"units go in the clock's order, once each")
+            self._next_clock_unit = c + 1
+            n, lag, rung = self.units_in, self.units_in - self.units_out, self.rung
+            skip = lag >= self.max_lag_units
+            if skip:
+                self.skipped += 1
             else:
                 self.units_in += 1
-                self._partial[n] = _Partial(t_input=time.monotonic())
-        if self.end is not None:
-            self._request_end(self)
-            raise SessionEnded(self.end.reason)
-        self._send_input(n, frames, audio, text)
+                self._partial[n] = _Partial(time.monotonic(), c, rung)
+        if skip:
+            if self._on_skip is not None:
+                self._on_skip(c)
+            return None
+        self._send_input(n, frames, audio, text, rung)
         return n
 
     def close(self, timeout: float = 30.0) -> SessionEnd:
@@ -137,10 +172,14 @@ class Session:
         now = time.monotonic()
         with self._lock:
             if self.end is not None and not self.end.ok:
-                return  # a session ended by a fault or a bound delivers nothing more
+                return  # a session ended by a fault delivers nothing more
             self.units_out += 1
             p = self._partial[out.unit]
             p.out, p.s2s = out, now - p.t_input
+            out.clock_unit, out.steps = p.clock_unit, self.ladder[p.rung].steps
+            if self.clock.started:
+                self.ladder_state = next_state(self.ladder_state, now - self.clock.due(p.clock_unit),
+                                               p.rung, len(self.ladder) - 1, self.controller)
             self._complete(out.unit)
         self.outputs.put(out)
 
@@ -157,15 +196,16 @@ class Session:
             return
         del self._partial[unit]
         o, r = p.out, p.rep
-        late = {THINKER: self.clock.is_late(unit, o.shipped_ns * 1e-9),
-                PERFORMER: self.clock.is_late(unit, r.sent_ns * 1e-9)}
+        late = {THINKER: self.clock.is_late(p.clock_unit, o.shipped_ns * 1e-9),
+                PERFORMER: self.clock.is_late(p.clock_unit, r.sent_ns * 1e-9)}
         for role, is_late in late.items():
             self.misses[role] += is_late
         if self._sink is not None:
             self._sink(UnitRecord(
                 self.id, unit, {THINKER: dict(o.stages), PERFORMER: dict(r.stages)},
                 {DOWN: Transfer(r.rows_bytes, r.rows_seconds), UP: Transfer(o.latents_bytes, o.latents_seconds)},
-                p.s2s, late, p.t_input))
+                p.s2s, late, p.t_input, clock_unit=p.clock_unit, rung=p.rung,
+                steps=self.ladder[p.rung].steps))
 
     def finish(self, ok: bool, reason: str) -> None:
         with self._lock:
@@ -174,6 +214,5 @@ class Session:
     def _finish(self, ok: bool, reason: str) -> None:
         if self.end is None:
             self.end = SessionEnd(ok, reason, time.monotonic(), self.units_in, self.units_out,
-                                  self.outputs.dropped, dict(self.misses))
+                                  self.outputs.dropped, dict(self.misses), self.skipped)
             self._ended.set()
-

@@ -55,7 +55,7 @@ def typed_slots(typed: deque[int], k: int, device: torch.device) -> Tensor | Non
     return torch.tensor([slots + [PAD] * (k - len(slots))], dtype=torch.long, device=device)
 
 
-Ship = Callable[[int, KVRows], None]  # (unit, its new KV rows) -> the performer
+Ship = Callable[[int, KVRows, int], None]  # (unit, its new KV rows, its rung) -> the performer
 Emit = Callable[[Decoded], None]  # one decoded unit -> the output
 
 
@@ -66,7 +66,7 @@ class Thinker:
         self.timer = timer if timer is not None else StageTimer()
         self.max_pending = max_pending
         self.state: SessionState | None = None
-        self._pending: deque[tuple[int, Tensor, Tensor, bytes]] = deque()
+        self._pending: deque[tuple[int, Tensor, Tensor, bytes, int]] = deque()
         self._text: dict[int, Tensor] = {}
         self._typed: deque[int] = deque()  # typed bytes not yet in a text slot
         self._next_input = 0  # the unit index on_unit expects next
@@ -93,9 +93,10 @@ class Thinker:
         return not self._pending and self._awaiting is None
 
     # -- events -----------------------------------------------------------------------------
-    def on_unit(self, unit: int, frames: Tensor, audio: Tensor, text: bytes = b"") -> None:
+    def on_unit(self, unit: int, frames: Tensor, audio: Tensor, text: bytes = b"", rung: int = 0) -> None:
         """Input unit `unit`: frames (B, 4, 3, H, W), audio (B, samples_per_unit) in [-1, 1];
-        `text`: bytes typed since the previous unit (B = 1)."""
+        `text`: bytes typed since the previous unit (B = 1); `rung`: of the quality ladder, for
+        the performer's solve of this unit."""
         if self.state is None:
             raise RuntimeError(f"input unit {unit} before open(): start the session first")
         if unit != self._next_input:
@@ -105,7 +106,7 @@ class Thinker:
             raise OverflowError(f"{len(self._pending)} input units already wait for the performer "
                                 f"(max_pending={self.max_pending}); the pair has fallen behind")
         self._next_input += 1
-        self._pending.append((unit, frames, audio, text))
+        self._pending.append((unit, frames, audio, text, rung))
         self._start_next()
 
     def on_latents(self, unit: int, z: Latents) -> None:
@@ -140,7 +141,7 @@ class Thinker:
         st = self.state
         if not self._pending or self._awaiting is not None or st is None:
             return
-        n, frames, audio, text = self._pending.popleft()
+        n, frames, audio, text, rung = self._pending.popleft()
         self._typed.extend(text)
         # 1. encode obs_n and append its KV
         with self.timer.stage(n, "encode"):
@@ -152,4 +153,4 @@ class Thinker:
         # 3. ship the rows the performer lacks: resp_{n-1}, obs_n, text_n (all layers)
         rows = st.cache.rows(self._sent, st.cache.length)
         self._sent, self._awaiting = st.cache.length, n
-        self.ship(n, rows)
+        self.ship(n, rows, rung)

@@ -75,6 +75,9 @@ class UnitRecord:
     signal_to_signal: float  # input unit complete -> its output frames ready to the consumer
     late: dict[str, bool]  # role -> handed unit n on after its deadline
     t_input: float  # monotonic seconds: when the input unit was complete
+    clock_unit: int = 0  # the unit on the clock it answers (model units skip skipped ones)
+    rung: int = 0  # the quality ladder's rung it ran at (0: the top)
+    steps: int = 0  # that rung's solver steps
 
 
 RecordSink = Callable[[UnitRecord], None]
@@ -122,6 +125,22 @@ class RunStats:
                 out[d] = {"bytes_per_unit": float(np.mean([t.nbytes for t in ts])),
                           "p50_ms": ms["p50"], "p99_ms": ms["p99"]}
         return out
+
+    def unit_cost_ms(self, skip: int = 0) -> float:
+        """A unit's cost to real time (p50 ms, the first `skip` records left out): the busier
+        worker, or the loop-carried chain commit(n-1) -> observe(n) -> speak(n) -> ship ->
+        solve(n) -> back, whichever is longer (DESIGN: "Beware the loop-carried chain")."""
+        recs = sorted(self.records, key=lambda r: r.unit)[skip:]
+        if not recs:
+            raise ValueError(f"no unit records past the first {skip}: nothing was measured")
+
+        def cost(r: UnitRecord) -> float:
+            th, pf = r.stages.get(THINKER, {}), r.stages.get(PERFORMER, {})
+            chain = (th.get("kv_update", 0) + th.get("encode", 0) + th.get("language", 0)
+                     + pf.get("transfer", 0) + pf.get("kv_update", 0) + pf.get("solve", 0)
+                     + th.get("transfer", 0))
+            return max(chain, sum(th.values()), sum(pf.values()))
+        return float(np.median([cost(r) for r in recs])) * 1e3
 
     def busiest_role_ms(self) -> dict[str, float]:
         """Per role, p50 and p99 of the summed stage time per unit."""

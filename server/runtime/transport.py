@@ -17,6 +17,7 @@ No processes are started here, and no liveness is judged: that is the supervisor
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from model.duplex import Latents
 from model.kv_cache import KVRows
 
 TRANSPORTS = ("gloo", "nccl", "ipc")
-HEADER = 8  # int64s: kind, session, unit, seed, start, n_rows, sent_ns, spare
+HEADER = 8  # int64s: kind, session, unit, seed, start, n_rows, sent_ns, rung
 # Liveness is judged by the supervisor's heartbeats, not by the transport: a receive may wait
 # through an idle gap between sessions (gloo closes the pair when an op outlives its timeout).
 IDLE_TIMEOUT = datetime.timedelta(days=7)
@@ -52,6 +53,7 @@ class Packet:
     session: int
     unit: int = 0
     seed: int = 0  # OPEN only: the session's noise seed
+    rung: int = 0  # ROWS only: the quality ladder's rung to solve the unit at
     rows: KVRows | None = None  # OPEN, ROWS
     latents: Latents | None = None  # LATENTS
     sent_ns: int = 0  # filled by send()
@@ -96,7 +98,7 @@ def encode(p: Packet) -> tuple[Tensor, Tensor | None]:
     elif p.latents is not None:
         payload = torch.cat([p.latents.video.reshape(-1), p.latents.audio.reshape(-1)])
     p.sent_ns = time.monotonic_ns()
-    header = torch.tensor([int(p.kind), p.session, p.unit, p.seed, start, n, p.sent_ns, 0],
+    header = torch.tensor([int(p.kind), p.session, p.unit, p.seed, start, n, p.sent_ns, p.rung],
                           dtype=torch.int64)
     p.nbytes = header.nbytes + (payload.nbytes if payload is not None else 0)
     return header, payload
@@ -114,8 +116,8 @@ def payload_shape(header: list[int], shapes: WireShapes) -> tuple[int, ...] | No
 def decode(header: list[int], payload: Tensor | None, shapes: WireShapes) -> Packet:
     """The inverse of `encode`, on the receiving side (payload already on the local device)."""
     kind = PacketKind(header[0])
-    p = Packet(kind, session=header[1], unit=header[2], seed=header[3], sent_ns=header[6],
-               recv_ns=time.monotonic_ns(), nbytes=HEADER * 8)
+    p = Packet(kind, session=header[1], unit=header[2], seed=header[3], rung=header[7],
+               sent_ns=header[6], recv_ns=time.monotonic_ns(), nbytes=HEADER * 8)
     if payload is None:
         return p
     p.nbytes += payload.nbytes
@@ -146,13 +148,13 @@ class Transport(ABC):
 
 
 class GlooTransport(Transport):
-    """torch.distributed gloo over loopback TCP; the supervisor's TCPStore does the rendezvous."""
+    """torch.distributed gloo over loopback TCP; the pair's FileStore does the rendezvous."""
     name = "gloo"
 
-    def __init__(self, rank: int, store_port: int, shapes: WireShapes, host: str = "127.0.0.1"):
+    def __init__(self, rank: int, store_path: str, shapes: WireShapes):
         self.rank, self.peer, self.shapes = rank, 1 - rank, shapes
-        store = dist.TCPStore(host, store_port, is_master=False,
-                              timeout=datetime.timedelta(seconds=60))
+        store = dist.FileStore(store_path, 2)
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo's pair sockets on loopback, never on the LAN
         dist.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=IDLE_TIMEOUT)
         # One tag per direction: each direction's header and payload arrive in order.
         self._tx_tag, self._rx_tag = (1, 2) if rank == 0 else (2, 1)
@@ -192,15 +194,15 @@ def pick_transport(requested: str = "auto") -> str:
     return requested
 
 
-def connect(name: str, rank: int, shapes: WireShapes, store_port: int,
+def connect(name: str, rank: int, shapes: WireShapes, store_path: str,
             side: Connection | None = None, max_rows: int = 0) -> Transport:
-    """Open this rank's end of the channel. gloo and nccl meet at the supervisor's TCPStore;
+    """Open this rank's end of the channel. gloo and nccl meet at the pair's FileStore;
     ipc swaps CUDA IPC handles over `side`, a pipe between the two workers."""
     if name == "gloo":
-        return GlooTransport(rank, store_port, shapes)
+        return GlooTransport(rank, store_path, shapes)
     from server.runtime.transport_cuda import IpcTransport, NcclTransport  # CUDA only
     if name == "nccl":
-        return NcclTransport(rank, store_port, shapes)
+        return NcclTransport(rank, store_path, shapes)
     if name == "ipc":
         if side is None:
             raise ValueError("the ipc transport needs the pipe between the workers (side=...)")

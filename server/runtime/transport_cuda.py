@@ -20,7 +20,7 @@ out, and acks so the sender may reuse the inbox.
 """
 from __future__ import annotations
 
-import datetime
+import os
 import threading
 from multiprocessing.connection import Connection
 
@@ -34,11 +34,12 @@ from server.runtime.transport import (HEADER, IDLE_TIMEOUT, Packet, Transport, W
 class NcclTransport(Transport):
     name = "nccl"
 
-    def __init__(self, rank: int, store_port: int, shapes: WireShapes, host: str = "127.0.0.1"):
+    def __init__(self, rank: int, store_path: str, shapes: WireShapes):
         self.rank, self.peer, self.shapes = rank, 1 - rank, shapes
         self.device = torch.device("cuda", rank)
         torch.cuda.set_device(self.device)
-        store = dist.TCPStore(host, store_port, is_master=False, timeout=datetime.timedelta(seconds=60))
+        store = dist.FileStore(store_path, 2)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap: loopback only
         dist.init_process_group("nccl", store=store, rank=rank, world_size=2, timeout=IDLE_TIMEOUT,
                                 device_id=self.device)
         down = dist.new_group([0, 1], backend="nccl", timeout=IDLE_TIMEOUT)  # KV rows

@@ -1,11 +1,16 @@
 """The unit clock: one 160 ms unit after another on `time.monotonic()`, and the deadlines.
 
+The clock starts with the call's first media, not when the session opens: ICE through a slow
+TURN server, or a slow first frame, may take seconds after the prefill, and a clock already
+running would make the first units overdue at once. A clock is made unstarted, shared by the
+session and the front end, and started once (`start`, the first call wins).
+
 Unit n's input spans [t0 + P n, t0 + P (n + 1)), so it is complete (due) at t0 + P (n + 1).
 Each role must hand unit n on (the thinker: its KV rows shipped; the performer: z_n sent)
 before the next unit is due, at t0 + P (n + 2): a role that is later than that is still busy
 with unit n when unit n + 1 should start, and the pipeline is falling behind. Such a unit is
-counted as a deadline miss of that role; it is still served, never skipped. How far behind the
-pair may fall before a session is ended is `max_lag_units` (a bound, not a queue).
+counted as a deadline miss of that role; it is still served. How far behind the pair may fall
+before new input units are skipped is `max_lag_units` (session.py: a bound, not a queue).
 This module only does arithmetic on the clock; it never sleeps except in `wait_due`.
 """
 from __future__ import annotations
@@ -16,17 +21,29 @@ from dataclasses import dataclass
 from model.config import UNIT_SECONDS
 
 
-@dataclass(frozen=True)
+@dataclass
 class UnitClock:
-    t0: float  # time.monotonic() at the start of unit 0
+    t0: float | None = None  # time.monotonic() at the start of unit 0; None until started
     period: float = UNIT_SECONDS
 
     @classmethod
-    def start(cls, period: float = UNIT_SECONDS) -> "UnitClock":
+    def started_now(cls, period: float = UNIT_SECONDS) -> "UnitClock":
         return cls(t0=time.monotonic(), period=period)
+
+    @property
+    def started(self) -> bool:
+        return self.t0 is not None
+
+    def start(self, t0: float) -> None:
+        """Unit 0 starts at `t0` (the first media); later calls change nothing."""
+        if self.t0 is None:
+            self.t0 = t0
 
     def due(self, unit: int) -> float:
         """When unit `unit`'s input is complete and handed to the thinker."""
+        if self.t0 is None:
+            raise RuntimeError(f"unit {unit} has no due time: the unit clock starts with the "
+                               f"call's first media and has not started yet")
         return self.t0 + self.period * (unit + 1)
 
     def deadline(self, unit: int) -> float:

@@ -1,9 +1,11 @@
 """The process shell around a core (thinker.py, performer.py): one worker process of the pair.
 
 What the shell owns, and the core never sees:
-  1. signals: SIGTERM / SIGINT only set a flag; the loop ends between events
+  1. signals: SIGTERM only sets a flag, the loop ends between events; SIGINT is ignored (Ctrl-C
+     in a terminal reaches the whole process group: the daemon drains and stops the workers)
   2. a guard thread: a heartbeat into shared memory every `heartbeat_s` (the supervisor's
-     hang detector) and a watch on the parent: an orphaned worker exits at once
+     hang detector) and a watch on the parent: an orphaned worker exits at once; and the start
+     of each step stamped into shared memory (the supervisor's step watchdog)
   3. the model (built or loaded), then the transport; READY goes up once both are there
   4. one inbox fed by two reader threads (the control pipe, the transport), so the loop is
      event-driven and model compute never waits for a message it does not need
@@ -45,17 +47,19 @@ class WorkerSpec:
     checkpoint: str | None  # a checkpoint folder, or None for the seeded dummy init
     weights_seed: int
     transport: str  # gloo | nccl | ipc, already picked
-    store_port: int  # the supervisor's TCPStore (gloo, nccl rendezvous)
+    store: str  # the pair's rendezvous file (gloo, nccl: torch.distributed FileStore)
     threads: int  # torch intra-op threads
     heartbeat_s: float
     max_pending: int
     backend: Backend  # the model's kernels
     cuda_graphs: bool
+    compile: bool
+    test_eval_delay_s: float = 0.0  # test only: the performer sleeps this long per solver evaluation
 
 
 class Shell:
-    def __init__(self, spec: WorkerSpec, conn: Connection, heartbeats: Any):
-        self.spec, self.conn, self.heartbeats = spec, conn, heartbeats
+    def __init__(self, spec: WorkerSpec, conn: Connection, heartbeats: Any, steps: Any):
+        self.spec, self.conn, self.heartbeats, self.steps = spec, conn, heartbeats, steps
         self.stop = threading.Event()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self._parent = os.getppid()
@@ -65,8 +69,8 @@ class Shell:
 
     # 1. + 2. signals and the guard thread -------------------------------------------------
     def guard(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
 
     def _beat(self) -> None:
@@ -90,10 +94,12 @@ class Shell:
         else:
             model = build_model(preset(spec.preset), seed=spec.weights_seed, device=device)
         model.transformer.backend = spec.backend
-        streamer = Streamer(model, cuda_graphs=spec.cuda_graphs)
+        streamer = Streamer(model, cuda_graphs=spec.cuda_graphs, compile=spec.compile)
+        if streamer.compiled is not None:  # before READY: no unit of a call waits for the compiler
+            streamer.compiled.warm_up(media=spec.role is Role.THINKER)
         lay = model.layout
         shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype)
-        self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store_port, side,
+        self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store, side,
                                  max_rows=max(lay.sinks, lay.unit))
         gc.freeze()  # the model and its modules: a full collection no longer walks them (a unit's deadline)
         self.send(Ready(spec.role, os.getpid(), str(device), self.transport.name))
@@ -133,7 +139,12 @@ class Shell:
                 raise ev
             if isinstance(ev, Shutdown) or (isinstance(ev, Packet) and ev.kind is PacketKind.STOP):
                 return
+            # a step: the watchdog's clock runs until the loop asks for the next event (a
+            # prefill is bounded by the supervisor's open timeout instead)
+            if not isinstance(ev, StartSession):
+                self.steps[self.spec.role.rank] = time.monotonic()
             yield ev
+            self.steps[self.spec.role.rank] = 0.0
 
     def send(self, msg: Any) -> None:
         with self._send_lock:
@@ -159,8 +170,8 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
     shipped_ns: dict[int, int] = {}  # unit -> when its rows left
     latents_in: dict[int, tuple[int, float]] = {}  # unit -> (bytes, seconds) of its latents
 
-    def ship(unit: int, rows: Any) -> None:
-        p = Packet(PacketKind.ROWS, session, unit=unit, rows=rows)
+    def ship(unit: int, rows: Any, rung: int) -> None:
+        p = Packet(PacketKind.ROWS, session, unit=unit, rows=rows, rung=rung)
         transport.send(p)
         shipped_ns[unit] = p.sent_ns
 
@@ -179,7 +190,7 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
             shell.send(SessionOpened(session))
         elif isinstance(ev, InputUnit):
             thinker.on_unit(ev.unit, torch.from_numpy(ev.frames).to(device),
-                            torch.from_numpy(ev.audio).to(device), ev.text)
+                            torch.from_numpy(ev.audio).to(device), ev.text, ev.rung)
         elif isinstance(ev, Packet) and ev.kind is PacketKind.LATENTS:
             timer.add(ev.unit, "transfer", ev.seconds)
             latents_in[ev.unit] = (ev.nbytes, ev.seconds)
@@ -198,7 +209,7 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
 def performer_loop(shell: Shell, streamer: Streamer) -> None:
     transport = shell.transport
     assert transport is not None
-    performer = Performer(streamer)
+    performer = Performer(streamer, eval_delay_s=shell.spec.test_eval_delay_s)
     for ev in shell.events():
         if not isinstance(ev, Packet):
             raise TypeError(f"performer got an unexpected {type(ev).__name__}: {ev!r:.200}")
@@ -207,7 +218,7 @@ def performer_loop(shell: Shell, streamer: Streamer) -> None:
             performer.open(ev.seed, ev.rows)
         elif ev.kind is PacketKind.ROWS:
             assert ev.rows is not None
-            solved = performer.on_rows(ev.rows)
+            solved = performer.on_rows(ev.rows, ev.rung)
             out = Packet(PacketKind.LATENTS, ev.session, unit=solved.unit, latents=solved.z)
             transport.send(out)
             stages = {**solved.stages, "transfer": ev.seconds}
@@ -216,9 +227,10 @@ def performer_loop(shell: Shell, streamer: Streamer) -> None:
             raise ValueError(f"performer got a {ev.kind.name} packet; expected OPEN, ROWS or CLOSE")
 
 
-def worker_main(spec: WorkerSpec, conn: Connection, heartbeats: Any, side: Connection | None) -> None:
+def worker_main(spec: WorkerSpec, conn: Connection, heartbeats: Any, steps: Any,
+                side: Connection | None) -> None:
     """The multiprocessing target of both workers."""
-    shell = Shell(spec, conn, heartbeats)
+    shell = Shell(spec, conn, heartbeats, steps)
     shell.guard()
     try:
         streamer = shell.load(side)

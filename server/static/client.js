@@ -14,10 +14,11 @@ const ui = {
   placeholder: $("remote-placeholder"), captions: $("captions"), characters: $("characters"),
   picker: $("picker"), tokenRow: $("token-row"), token: $("token"), call: $("call"),
   hangup: $("hangup"), say: $("say"), text: $("text"), send: $("send"),
-  latModel: $("lat-model"), latFrontend: $("lat-frontend"), latRtt: $("lat-rtt"), latFps: $("lat-fps"),
+  latModel: $("lat-model"), latFrontend: $("lat-frontend"), latRtt: $("lat-rtt"), latFps: $("lat-fps"), quality: $("quality"),
 };
 const duplex = (window.duplex = {
   pc: null, dc: null, config: null, local: null, events: [], stats: {}, state: "idle",
+  units: 0, // the avatar's units delivered in this page (one `latency` event a unit)
 });
 let timers = [];
 let lastVideo = null; // {t, frames} for the fps readout
@@ -104,12 +105,23 @@ async function startCamera() {
 }
 
 // -- the call ---------------------------------------------------------------------------------
+// ICE servers for this call: /config again (TURN credentials are minted per call and expire),
+// with the token when there is one (credentials are handed out only with it).
+async function iceServers() {
+  try {
+    const headers = ui.token.value ? { Authorization: `Bearer ${ui.token.value}` } : {};
+    const r = await fetch("/config", { headers });
+    if (r.ok) return (await r.json()).iceServers;
+  } catch (e) { /* the offer will say what is wrong */ }
+  return duplex.config.iceServers;
+}
+
 async function call() {
   say("");
   ui.captions.replaceChildren();
   setState("connecting");
   setStatus("Calling…");
-  const pc = (duplex.pc = new RTCPeerConnection({ iceServers: duplex.config.iceServers }));
+  const pc = (duplex.pc = new RTCPeerConnection({ iceServers: await iceServers() }));
   duplex.local.getTracks().forEach((t) => pc.addTrack(t, duplex.local));
   const remote = new MediaStream();
   pc.ontrack = (e) => { remote.addTrack(e.track); ui.remote.srcObject = remote; ui.remote.play().catch(() => {}); };
@@ -196,8 +208,14 @@ function onEvent(ev) {
   if (duplex.events.length > 500) duplex.events.splice(0, 100);
   if (ev.type === "caption") addCaption(ev.text);
   else if (ev.type === "latency") {
+    duplex.units += 1;
     ui.latModel.textContent = `${ev.model_ms.toFixed(0)} ms`;
     ui.latFrontend.textContent = `${ev.in_ms == null ? "–" : ev.in_ms.toFixed(1)} / ${ev.out_ms.toFixed(1)} ms`;
+    // the server lowers the solver's steps (and skips units) to keep real time on a slow machine
+    const reduced = ev.steps < ev.top_steps;
+    ui.quality.textContent = (reduced ? `reduced quality (${ev.steps} of ${ev.top_steps} steps)` : "full")
+      + (ev.skipped ? `, ${ev.skipped} unit(s) skipped` : "");
+    ui.quality.classList.toggle("reduced", reduced || ev.skipped > 0);
   } else if (ev.type === "text" && !ev.delivered) {
     addCaption("(not heard by the model: the call is ending or too much text is waiting)", "note");
   } else if (ev.type === "hello") setStatus(`In call with ${ev.character}`);

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import tiny
+from model.config import FlowConfig, tiny
 from model.duplex import Latents, build_model
+from model.flow import Rung, quality_ladder, solve
 from model.streaming import Streamer
 from model.train import forward_sequence
 from tests.model.synthetic import make_character, make_conversation
@@ -113,3 +114,55 @@ def test_a_longer_conversation_never_changes_earlier_outputs(model, character, w
     torch.testing.assert_close(logits_s, logits_l[:, :4], atol=1e-5, rtol=0)
     torch.testing.assert_close(v_s.video, v_l.video[:, :4], atol=1e-5, rtol=0)
     assert not torch.allclose(logits_l[:, 4], logits_l[:, 3])
+
+
+def _ladder_cases() -> list:
+    cases = []
+    for solver in ("euler", "heun"):
+        n_rungs = len(quality_ladder(3, solver))
+        cases += [pytest.param(solver, [r] * UNITS, id=f"{solver},rung={r}") for r in range(n_rungs)]
+        cases.append(pytest.param(solver, [(3 * n) % n_rungs for n in range(UNITS)], id=f"{solver},mixed"))
+    return cases
+
+
+@pytest.mark.parametrize("solver, schedule", _ladder_cases())
+def test_streaming_solve_equals_offline_solve_at_every_rung_of_the_ladder(solver: str, schedule: list[int]) -> None:
+    """Each rung is a legal configuration: a unit solved at any rung against the cache (the
+    ladder may change rung every unit) equals the same solve run on the whole-sequence forward
+    under the block-causal mask, whose context holds the latents streamed before it."""
+    cfg = tiny().model_copy(update={"window_units": 3, "flow": FlowConfig(steps=3, solver=solver)})
+    model = build_model(cfg, seed=0)
+    character = make_character(cfg)
+    conv = make_conversation(model, character, UNITS)
+    s = Streamer(model)
+    st = s.new_state()
+    s.prefill(st, character)
+    spf = cfg.audio.samples_per_unit
+    noises, streamed = [], []
+    for n in range(UNITS):
+        s.observe(st, conv.frames[:, 4 * n:4 * n + 4], conv.audio[:, n * spf:(n + 1) * spf])
+        s.speak(st, forced=conv.text[:, n])
+        noises.append(s.sample_noise(1, torch.Generator().manual_seed(n)))
+        streamed.append(s.denoise(st.cache, n, noises[-1], s.ladder[schedule[n]]))
+        s.commit(st, streamed[-1])
+    conv.resp = Latents(*(torch.stack([z[i] for z in streamed], 1) for i in range(2)))
+    for n in range(UNITS):
+        def offline_velocity(x: tuple[torch.Tensor, ...], t: torch.Tensor, n: int = n) -> tuple[torch.Tensor, ...]:
+            noisy = Latents(conv.resp.video.clone(), conv.resp.audio.clone())
+            noisy.video[:, n], noisy.audio[:, n] = x
+            times = torch.zeros(1, UNITS)
+            times[:, n] = t
+            with torch.no_grad():
+                _, v = forward_sequence(model, conv, noisy, times, window=cfg.window_units)
+            return v.video[:, n], v.audio[:, n]
+        rung = s.ladder[schedule[n]]
+        z_off = solve(offline_velocity, tuple(noises[n]), rung.steps, cfg.flow.shift, rung.solver)
+        torch.testing.assert_close(streamed[n].video, z_off[0], atol=1e-5, rtol=0, msg=f"unit {n} at {rung}")
+        torch.testing.assert_close(streamed[n].audio, z_off[1], atol=1e-5, rtol=0, msg=f"unit {n} at {rung}")
+
+
+def test_the_ladder_runs_from_the_preset_solver_down_to_one_euler_step() -> None:
+    assert quality_ladder(4, "euler") == (Rung(4), Rung(3), Rung(2), Rung(1))
+    heun = quality_ladder(2, "heun")
+    assert heun == (Rung(2, "heun"), Rung(2), Rung(1))
+    assert [r.evaluations for r in heun] == [3, 2, 1]  # every rung cheaper than the one above

@@ -1,6 +1,6 @@
-"""An aiortc client that calls the daemon as the web page does: a synthetic camera (320x240 at
-30 fps, a moving pattern) and microphone (a 220 Hz tone, 48 kHz, 20 ms frames), a data channel
-that pings every second, and a record of everything that comes back with arrival times.
+"""The call tests' aiortc client: bench/call_client.py's (a synthetic camera and microphone,
+the page's pings, a record of what comes back; `rates` of a window of it), one copy for the
+tests and `duplex bench soak`.
 
 Run as a script it calls, prints "in call" once media flows, and then keeps the call up until
 it is killed: the vanishing-client test SIGKILLs it, so that nothing says goodbye.
@@ -8,160 +8,13 @@ it is killed: the vanishing-client test SIGKILLs it, so that nothing says goodby
 from __future__ import annotations
 
 import asyncio
-import fractions
-import json
 import sys
-import time
-from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
-import av
-import numpy as np
-from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription,
-                    VideoStreamTrack)
-from aiortc.mediastreams import MediaStreamError
+from bench.call_client import (MIC_FRAME, MIC_RATE, CallClient, Received, SyntheticCamera,
+                               SyntheticMicrophone, rates)
 
-from server.frontend.call import use_loopback_candidates
-
-MIC_RATE, MIC_FRAME = 48_000, 960
-
-
-class SyntheticCamera(VideoStreamTrack):
-    """A 320x240 pattern that moves every frame, at aiortc's default 30 fps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        y, x = np.mgrid[0:240, 0:320]
-        self._base = np.stack([x * 255 // 320, y * 255 // 240, (x + y) % 256], -1).astype(np.uint8)
-        self._n = 0
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        self._n += 1
-        frame = av.VideoFrame.from_ndarray(np.roll(self._base, 4 * self._n, axis=1), format="rgb24")
-        frame.pts, frame.time_base = pts, time_base
-        return frame
-
-
-class SyntheticMicrophone(MediaStreamTrack):
-    kind = "audio"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._i = 0
-        self._t0: float | None = None
-        t = np.arange(MIC_RATE) / MIC_RATE
-        self._tone = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        await asyncio.sleep(max(0.0, self._t0 + self._i * MIC_FRAME / MIC_RATE - time.monotonic()))
-        start = (self._i * MIC_FRAME) % (MIC_RATE - MIC_FRAME)
-        frame = av.AudioFrame.from_ndarray(self._tone[None, start:start + MIC_FRAME], format="s16", layout="mono")
-        frame.sample_rate, frame.pts = MIC_RATE, self._i * MIC_FRAME
-        frame.time_base = fractions.Fraction(1, MIC_RATE)
-        self._i += 1
-        return frame
-
-
-@dataclass
-class Received:
-    video: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, width, height)
-    video_frames: list[np.ndarray] = field(default_factory=list)  # the last few, RGB
-    audio: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, samples, rate)
-    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for _, e in self.events if e.get("type") == kind]
-
-
-class CallClient:
-    def __init__(self, base_url: str, ping: bool = True):
-        self.base_url, self.ping = base_url, ping
-        use_loopback_candidates()
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.got = Received()
-        self.dc = self.pc.createDataChannel("duplex")
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.session = ""
-
-    async def call(self, character: str | None = None, token: str | None = None) -> None:
-        pc = self.pc
-        pc.addTrack(SyntheticCamera())
-        pc.addTrack(SyntheticMicrophone())
-        pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._consume(track))))
-        self.dc.on("message", lambda m: self.got.events.append((time.monotonic(), json.loads(m))))
-        self.dc.on("open", lambda: self._tasks.append(asyncio.ensure_future(self._pings())))
-        await pc.setLocalDescription(await pc.createOffer())
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "character": character}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json=body, headers=headers) as r:
-                answer = await r.json()
-                if r.status != 200:
-                    raise RuntimeError(f"offer refused: {r.status} {answer}")
-        self.session = answer["session"]
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-
-    async def _consume(self, track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                frame = await track.recv()
-                now = time.monotonic()
-                if track.kind == "video":
-                    self.got.video.append((now, frame.width, frame.height))
-                    self.got.video_frames = (self.got.video_frames + [frame.to_ndarray(format="rgb24")])[-4:]
-                else:
-                    self.got.audio.append((now, frame.samples, frame.sample_rate))
-        except MediaStreamError:
-            return
-
-    async def _pings(self) -> None:
-        while self.ping:
-            if self.dc.readyState == "open":
-                self.dc.send(json.dumps({"type": "ping", "t": time.time()}))
-            await asyncio.sleep(1.0)
-
-    def say(self, text: str) -> None:
-        self.dc.send(json.dumps({"type": "text", "text": text}))
-
-    async def wait_media(self, timeout: float = 20.0) -> float:
-        """Until both video and audio arrive; returns when."""
-        deadline = time.monotonic() + timeout
-        while not (self.got.video and self.got.audio):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no media within {timeout} s (connection {self.pc.connectionState})")
-            await asyncio.sleep(0.05)
-        return time.monotonic()
-
-    async def hangup(self) -> None:
-        if self.dc.readyState == "open":
-            self.dc.send(json.dumps({"type": "bye"}))
-            await asyncio.sleep(0.1)
-        await self.close()
-
-    async def close(self) -> None:
-        self.ping = False
-        for t in self._tasks:
-            t.cancel()
-        await self.pc.close()
-
-
-def rates(got: Received, start: float, end: float) -> dict[str, float]:
-    """Video fps, audio samples per second and the longest audio gap over [start, end], from
-    the first to the last frame that arrived in it."""
-    video = [t for t, _, _ in got.video if start <= t <= end]
-    audio = [(t, n, r) for t, n, r in got.audio if start <= t <= end]
-    if len(video) < 2 or len(audio) < 2:
-        return {"fps": 0.0, "audio_rate": 0.0, "audio_max_gap_s": end - start, "sample_rates": []}
-    return {"fps": (len(video) - 1) / (video[-1] - video[0]),
-            "audio_rate": sum(n for _, n, _ in audio[:-1]) / (audio[-1][0] - audio[0][0]),
-            "audio_max_gap_s": float(np.diff([t for t, _, _ in audio]).max()),
-            "sample_rates": sorted({r for _, _, r in audio})}
+__all__ = ["MIC_FRAME", "MIC_RATE", "CallClient", "Received", "SyntheticCamera", "SyntheticMicrophone",
+           "rates"]
 
 
 async def _main(base_url: str) -> None:

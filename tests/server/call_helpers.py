@@ -117,7 +117,9 @@ class Daemon:
                "--port", str(self.port), "--preset", preset, *args]
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        # its own process group, as a daemon started from a terminal: Ctrl-C reaches the group
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         wait_ready(self.proc, self.url, self.log, timeout)

@@ -26,7 +26,7 @@ def unit_colour(unit: int) -> tuple[int, int, int]:
 
 class FakeSession:
     def __init__(self, sid: str, width: int, height: int, delay_s: float, on_free: "FakeEngine"):
-        self.id, self.clock = sid, UnitClock.start()
+        self.id, self.clock = sid, UnitClock()  # started by the front end with the first media
         self.outputs: asyncio.Queue[UnitOutput] = asyncio.Queue(8)
         self.ended = asyncio.Event()
         self.end_reason = ""
@@ -78,10 +78,16 @@ class FakeEngine:
         self.sessions: dict[str, FakeSession] = {}
         self.started: list[FakeSession] = []
         self.kv_cache_tokens = 0
+        self.margins: list = []  # nothing to measure: no model
+        self.healthy = True
 
     @property
     def active(self) -> int:
         return len(self.sessions)
+
+    @property
+    def available(self) -> int:
+        return self.capacity - self.active if self.ready else 0
 
     async def start(self) -> None:
         self.ready = True

@@ -1,6 +1,8 @@
 """Helpers of the runtime tests: run a session of synthetic units, check a process is gone."""
 from __future__ import annotations
 
+import time
+
 from model.config import ModelConfig
 from server.runtime.messages import UnitOutput
 from server.runtime.session import Session, SessionEnd
@@ -18,14 +20,24 @@ def run_units(session: Session, cfg: ModelConfig, units: int, stream_seed: int =
               timeout: float = 30.0, typed: dict[int, bytes] | None = None
               ) -> tuple[list[UnitOutput], SessionEnd]:
     """Hand over `units` synthetic units (with `typed` text: unit -> bytes) as fast as the pair
-    takes them; close; every output."""
+    takes them (never so fast that one is skipped); close; every output."""
     for n in range(units):
-        session.submit(*synthetic_unit(cfg, stream_seed, n), (typed or {}).get(n, b""))
+        wait_for_room(session, timeout)
+        assert session.submit(*synthetic_unit(cfg, stream_seed, n), (typed or {}).get(n, b"")) == n
     end = session.close(timeout)
     outputs = []
     while (out := session.outputs.get(timeout=0)) is not None:
         outputs.append(out)
     return outputs, end
+
+
+def wait_for_room(session: Session, timeout: float) -> None:
+    """Until fewer than `max_lag_units` units are in flight: the next one would not be skipped."""
+    deadline = time.monotonic() + timeout
+    while session.units_in - session.units_out >= session.max_lag_units:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{session.units_in - session.units_out} units in flight for {timeout} s")
+        time.sleep(0.002)
 
 
 def running(pid: int) -> bool:

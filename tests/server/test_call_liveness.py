@@ -1,5 +1,5 @@
 """A caller that vanishes without hanging up (its process killed: no goodbye, no DTLS close,
-as when a tab is closed or the network drops) is noticed by the page's missing pings, and its
+as when a tab is closed or the network drops) is noticed by its missing media and pings, and its
 session is ended and freed within 3 s: aiortc alone would take ~30 s of failed consent checks."""
 from __future__ import annotations
 
@@ -35,4 +35,4 @@ def test_a_vanished_client_is_detected_and_its_session_freed_within_3s(daemon):
     assert freed <= 3.0, f"freed {freed:.2f} s after the client vanished"
     assert metric(text, "duplex_sessions_total", 'outcome="dropped"') == 1
     assert metric(text, "duplex_kv_cache_tokens") == 0
-    assert "nothing heard from the page" in daemon.log_text()
+    assert "nothing heard from the caller" in daemon.log_text()

@@ -109,7 +109,7 @@ def test_a_slow_consumer_drops_the_oldest_input_and_counts_it():
 
 
 async def test_a_complete_unit_goes_before_it_is_due_and_an_empty_one_when_due():
-    clock = UnitClock.start()
+    clock = UnitClock.started_now()
     a = assembler(clock)
     handed: list[tuple[AssembledUnit, float]] = []
     runner = asyncio.create_task(a.run(lambda u: handed.append((u, time.monotonic()))))
@@ -125,3 +125,24 @@ async def test_a_complete_unit_goes_before_it_is_due_and_an_empty_one_when_due()
     assert clock.due(0) - EARLY_S - 0.002 <= t0 < clock.due(0), "complete: goes EARLY_S before due"
     assert clock.due(1) <= t1 < clock.due(1) + 0.03, "nothing came: goes when due (+ grace)"
     assert a.filled["audio"] == 7  # unit 1: 20 ms left over from unit 0, then silence
+
+
+def test_a_4k_camera_is_scaled_down_on_arrival_and_cut_like_any_other():
+    clock = UnitClock(t0=1000.0)
+    a = assembler(clock)
+    for i in range(16):
+        a.push_video(camera_frame(90, 3840, 2160), clock.t0 + 0.01 * i)
+    kept = [f for _, f in a._video]  # noqa: SLF001 - what the call holds in memory
+    assert len(kept) == 16 and all((f.width, f.height) == (a.width, a.height) for f in kept)
+    unit = a.cut(0)
+    assert unit.frames.shape == (4, a.height, a.width, 3) and np.abs(unit.frames.astype(int) - 90).max() <= 3
+
+
+def test_the_clock_starts_with_the_first_media_frame():
+    clock = UnitClock()  # the session opened; no media yet
+    a = assembler(clock)
+    assert not a.started.is_set() and not clock.started
+    a.push_video(camera_frame(10), 500.0)
+    assert clock.t0 == 500.0 and a.started.is_set()
+    a.push_video(camera_frame(20), 501.0)
+    assert clock.t0 == 500.0, "only the first frame starts it"

@@ -41,6 +41,7 @@ async def test_a_call_plays_the_engines_units_with_captions_and_latency():
         client.say("hi there")
         await asyncio.sleep(2.5)
         r = rates(client.got, t0 + 0.5, t0 + 2.5)
+        assert r["units_delivered"] >= 0.8, r  # units of the engine, not held frames (+-1 at the edges)
         assert r["fps"] >= 24 and r["audio_rate"] >= 0.95 * 48_000 and r["sample_rates"] == [48_000], r
         assert r["audio_max_gap_s"] < 0.1, r
         frame = client.got.video_frames[-1]
@@ -61,16 +62,28 @@ async def test_a_call_plays_the_engines_units_with_captions_and_latency():
         assert 'duplex_sessions_total{outcome="ok"} 1.0' in front.metrics.render().decode()
 
 
-async def test_a_page_that_goes_silent_is_ended_within_the_liveness_limit():
+async def test_a_caller_that_sends_media_but_no_pings_and_no_data_channel_stays_in_the_call():
     async with front_end(liveness_s=1.0) as (front, url):
-        client = CallClient(url, ping=False)
+        client = CallClient(url, data_channel=False)  # a phone bridge: media only
         await client.call()
         await client.wait_media()
+        await asyncio.sleep(2.5)  # well past the liveness limit
+        assert len(front.calls) == 1, "media alone keeps the call alive"
+        assert client.got.video[-1][0] > time.monotonic() - 0.5, "and its media still flows"
+        await client.close()
+
+
+async def test_a_page_that_goes_silent_is_ended_within_the_liveness_limit():
+    async with front_end(liveness_s=1.0) as (front, url):
+        client = CallClient(url)
+        await client.call()
+        await client.wait_media()
+        client.go_silent()  # no pings, no media
         took = await until(lambda: not front.calls, 3, "a silent page's call ends")
         assert took < 1.5
         assert front.engine.active == 0, "the engine session is freed"
         await until(lambda: ended(client), 2, "the page is told")
-        assert "nothing heard from the page for 1 s" in ended(client)[0]
+        assert "nothing heard from the caller for 1 s" in ended(client)[0]
         assert 'duplex_sessions_total{outcome="dropped"} 1.0' in front.metrics.render().decode()
         await client.close()
 
@@ -134,7 +147,8 @@ async def test_a_drain_refuses_new_calls_at_once_lets_calls_go_on_then_ends_them
         await front.drain(1.5, asyncio.Event())
         assert 1.3 < time.monotonic() - t0 < 2.0
         r = rates(clients[1].got, t0 + 0.2, t0 + 1.3)
-        assert r["fps"] >= 24 and r["audio_max_gap_s"] < 0.1, f"media went on while draining: {r}"
+        assert r["units_delivered"] >= 0.8 and r["fps"] >= 24 and r["audio_max_gap_s"] < 0.1, \
+            f"units and media went on while draining: {r}"
         await front.shutdown("server draining")
         assert not front.calls and front.engine.active == 0
         await until(lambda: ended(clients[1]), 2, "the page is told")

@@ -51,11 +51,14 @@ class Call:
     """A playout fed like the engine would feed it, and both tracks drained like aiortc would."""
 
     def __init__(self, units: int, skip: set[int] = frozenset(), late: dict[int, float] | None = None):
-        self.clock = UnitClock.start()
+        self.clock = UnitClock.started_now()
         self.metrics = Metrics("tiny", "test")
         self.left: list[tuple[int, float, float]] = []  # (unit, pushed, left)
         self.errors: list[str] = []
-        self.playout = Playout(self.clock, self.metrics, lambda o, p, t: self.left.append((o.unit, p, t)),
+        self.started = asyncio.Event()
+        self.started.set()
+        self.playout = Playout(self.clock, self.started, self.metrics,
+                               lambda o, p, t: self.left.append((o.unit, p, t)),
                                lambda where, e: self.errors.append(where))
         self.video, self.audio = AvatarVideoTrack(self.playout, W, H), AvatarAudioTrack(self.playout)
         self.units, self.skip, self.late = units, skip, late or {}
@@ -168,3 +171,18 @@ async def test_a_stopped_track_ends_quietly():
     with pytest.raises(MediaStreamError):
         await call.video.recv()
     assert call.errors == []
+
+
+@pytest.mark.timeout(20)
+async def test_the_tracks_send_nothing_before_the_clock_starts_with_the_first_media():
+    call = Call(units=4)
+    call.clock, call.started = UnitClock(), asyncio.Event()  # not started: no media yet
+    call.playout.clock, call.playout.started = call.clock, call.started
+    first = asyncio.ensure_future(call.video.recv())
+    await asyncio.sleep(0.3)
+    assert not first.done(), "a frame left before the call's first media"
+    t_media = time.monotonic()
+    call.clock.start(t_media)
+    call.started.set()
+    pts = (await asyncio.wait_for(first, 2)).pts  # the held frame is one object: read pts now
+    assert (await asyncio.wait_for(call.video.recv(), 2)).pts > pts  # then frame after frame

@@ -36,7 +36,7 @@ def _report(unit: int, sent: float) -> SolveReport:
 def test_a_late_unit_counts_a_miss_for_the_late_role_and_is_still_served(late_role: str) -> None:
     clock = UnitClock(t0=1000.0)
     stats, sent = RunStats(), []
-    session = Session(0, clock, send_input=lambda n, f, a, t: sent.append(n), request_end=lambda s: None,
+    session = Session(0, clock, send_input=lambda n, f, a, t, r: sent.append(n), request_end=lambda s: None,
                       sink=stats, output_queue=8, max_lag_units=8)
     for n in range(3):
         session.submit(np.zeros(1), np.zeros(1))

@@ -70,7 +70,7 @@ def _in_process_pair(cfg: ModelConfig, arrival: str, sessions: int = 1) -> Itera
     streamer = Streamer(build_model(cfg, seed=0))
     rows_fifo: deque[tuple[int, KVRows]] = deque()
     decoded: list[Decoded] = []
-    thinker = Thinker(streamer, ship=lambda n, rows: rows_fifo.append((n, rows)), emit=decoded.append,
+    thinker = Thinker(streamer, ship=lambda n, rows, rung: rows_fifo.append((n, rows)), emit=decoded.append,
                       max_pending=UNITS)
     performer = Performer(streamer)
     for _ in range(sessions - 1):  # earlier sessions, on other input, leave their rows behind
@@ -129,7 +129,7 @@ def test_noise_depends_on_both_the_session_seed_and_the_unit(tiny_cfg: ModelConf
 def test_performer_rejects_rows_that_skip_a_unit(tiny_cfg: ModelConfig) -> None:
     streamer = Streamer(build_model(tiny_cfg, seed=0))
     shipped: list[KVRows] = []
-    thinker = Thinker(streamer, ship=lambda n, rows: shipped.append(rows), emit=lambda d: None)
+    thinker = Thinker(streamer, ship=lambda n, rows, rung: shipped.append(rows), emit=lambda d: None)
     performer = Performer(streamer)
     performer.open(SEED, thinker.open(synthetic_character(tiny_cfg)))
     thinker.on_unit(0, *map(torch.from_numpy, synthetic_unit(tiny_cfg, 0, 0)))
