@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -30,9 +29,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from bench.record import RESULTS, result_stem, write_json
 from model.config import preset
 
-RESULTS = Path(__file__).parent / "results"
 Attention = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
@@ -223,10 +222,8 @@ def main(argv: list[str]) -> int:
         "flops_formula": "4 * B * Hq * Lq * Lk * d", "bytes_formula": "(q + k + v + o) * dtype size",
         "peak_tflops": args.peak_tflops, "peak_tbps": args.peak_tbps,
         "measured_copy_tbps": measured_bw / 1e12, "warmup": args.warmup, "reps": args.reps, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]).strip("-")
-    stem = args.out / f"{result['date'][:10]}_{slug}_kernels"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = result_stem(args.out, result["device"], "kernels")
+    write_json(result, stem)
     plot(result, stem.with_suffix(".png"))
     if args.json:
         print(json.dumps(result, indent=2))

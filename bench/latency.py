@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from bench.model_step import device_name, git_commit
+from bench.record import RESULTS, result_stem, write_json
 from bench.roofline import measure_peaks, roofline_table, stage_costs
 from model.attention import BACKENDS
 from model.config import UNIT_SECONDS, preset
@@ -42,7 +42,6 @@ from server.runtime.synthetic import synthetic_character, synthetic_unit
 from server.runtime.timings import PERFORMER, THINKER, RunStats
 from server.runtime.transport import TRANSPORTS, worker_device
 
-RESULTS = Path(__file__).parent / "results"
 # The role whose measured stage the roofline is set against (kv_update: the thinker's commit,
 # a forward pass; the performer's kv_update is a copy of the shipped rows).
 ROLE_OF = {"encode": THINKER, "language": THINKER, "kv_update": THINKER, "decode": THINKER,
@@ -62,7 +61,7 @@ def drive(session: Session, cfg: Any, units: int) -> tuple[list[float], list[int
     consumer = threading.Thread(target=consume, name="consumer", daemon=True)
     consumer.start()
     lateness, skipped = [], []
-    bar = tqdm(total=units, unit="unit", desc="units", leave=False, mininterval=0.5)
+    bar = tqdm(total=units, unit="unit", desc="units", leave=False, mininterval=0.5, disable=None)
     try:
         for n in range(units):
             frames, audio = synthetic_unit(cfg, 0, n)  # made before the unit is due
@@ -133,7 +132,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"deadline misses   {r['deadline_misses']}  (units out {r['units_out']}/{r['units']}, "
           f"skipped {r['units_skipped']}; missed or skipped {100 * r['missed_fraction']:.1f} %)")
     print(f"heartbeat         longest gap {r['heartbeat_max_gap_s'] * 1e3:.0f} ms (hang limit 800 ms)")
-    print(f"solver steps      " + ", ".join(f"{s}: {n} units" for s, n in r["steps_per_unit"].items()))
+    print("solver steps      " + ", ".join(f"{s}: {n} units" for s, n in r["steps_per_unit"].items()))
     ms = r["measured_start"]
     print("measured start    " + ", ".join(f"{m['steps']} steps {m['margin']:.2f}x ({m['cost_ms']:.1f} ms)"
                                            for m in ms))
@@ -230,10 +229,8 @@ def main(argv: list[str]) -> int:
                                    "p99": float(np.percentile(lateness, 99))},
         **summarise(stats, args.units, skipped)}
     r["roofline"] = roofline(args.preset, device, r["stages"], args.peak_flops, args.peak_bw)
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", r["device"]).strip("-")
-    stem = args.out / f"{dt.date.today().isoformat()}_{slug}_{args.preset}_{transport}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    stem = result_stem(args.out, r["device"], args.preset, transport)
+    write_json(r, stem)
     plot(stats, r, stem.with_suffix(".png"))
     if args.json:
         print(json.dumps(r, indent=2))

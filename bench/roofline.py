@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.media import frames_to_model
 from model.streaming import Character, Streamer
 from server.runtime.performer import unit_noise
 from server.runtime.synthetic import synthetic_unit
@@ -66,7 +67,7 @@ def stage_costs(streamer: Streamer, character: Character, seed: int = 0) -> dict
 
     def media(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         frames, audio = synthetic_unit(cfg, 0, n)
-        return torch.from_numpy(frames).to(dev), torch.from_numpy(audio).to(dev)
+        return frames_to_model(torch.from_numpy(frames).to(dev)), torch.from_numpy(audio).to(dev)
 
     n = cfg.window_units  # units 0 .. W-1 fill the window; unit W is counted
     for u in range(n):

@@ -44,10 +44,10 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.call_client import CallClient, rates
+from bench.record import RESULTS, result_stem, write_json
 from model.config import UNIT_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 WINDOW_S = 60.0  # the first and the last minute are compared (a third of a shorter soak)
 
 
@@ -165,7 +165,7 @@ async def soak(preset: str, minutes: float, sample_s: float, log: Path, cpus: st
             client = CallClient(url)
             await client.call(character=None)
             t0 = await client.wait_media(timeout=60)
-            bar = tqdm(total=round(duration), unit="s", desc="soak", mininterval=1.0)
+            bar = tqdm(total=round(duration), unit="s", desc="soak", mininterval=1.0, disable=None)
             try:
                 while (now := time.monotonic()) - t0 < duration:
                     ended = client.got.of("ended")
@@ -299,7 +299,7 @@ def print_report(r: dict[str, Any]) -> None:
           f"skipped {u['skipped']}")
     print(f"media                 video {r['media']['video_fps']:.1f} fps, audio {r['media']['audio_samples_per_s']} "
           f"samples/s")
-    print(f"call                  " + (f"lasted the whole {c['duration_s']:.0f} s" if c["lasted"] else
+    print("call                  " + (f"lasted the whole {c['duration_s']:.0f} s" if c["lasted"] else
                                        f"ENDED EARLY after {c['duration_s']:.0f} s: {c['end_reason']}")
           + f"; daemon exit status {c['daemon_exit']}")
 
@@ -359,11 +359,8 @@ def main(argv: list[str]) -> int:
                          "daemon_log": str(log), "daemon_cpus": args.daemon_cpus,
                          "serve_args": args.serve_arg,
                          **summarise(run, args.minutes, args.sample_s)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", r["device"]).strip("-")
-    tag = f"_{args.tag}" if args.tag else ""
-    stem = args.out / f"{dt.date.today().isoformat()}_{slug}_{args.preset}_soak{tag}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    stem = result_stem(args.out, r["device"], args.preset, "soak", args.tag)
+    write_json(r, stem)
     plot(r, stem.with_suffix(".png"))
     if args.json:
         print(json.dumps(r, indent=2))

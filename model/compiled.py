@@ -4,8 +4,8 @@ steady state, beside the eager path it must equal (to 1e-5 in fp32, tests/model/
 What is compiled, and why only that:
   - the Transformer forward of each chunk once the KV cache is in steady state (every chunk
     sees the whole capacity, kv_cache.py): its shapes are then fixed by the preset, so one
-    graph per chunk length serves every later unit (obs and resp share one: both are
-    (B, 28, D) on `cpu`, the text slots another). Before the window is full the visible
+    graph per chunk length serves every later unit (the obs chunk's; the text slots and the
+    resp chunk run as whole steps, below). Before the window is full the visible
     prefix grows every unit; those units run eager rather than recompile each unit.
     A chunk whose time is one value (clean context, or a solver step: t expanded over the
     chunk) computes its timestep modulation once instead of per token. The graph only reads
@@ -13,16 +13,23 @@ What is compiled, and why only that:
     and the rows are written after the graph, one index_copy_ for all layers; a graph that
     wrote into the cache in place would copy the whole cache per layer (inductor's
     functionalization of a mutated view of an input).
+  - whole steps where a step is more than its forward: the k text slots of a unit (embedding,
+    forward, logits and greedy or forced argmax of each slot; slot j attends to slots < j held
+    beside the cache, `prior` in transformer.py) as one graph, where eager makes k forwards
+    and ~40 small ops around them; and a resp chunk (embedding, forward, velocity head) as
+    one graph serving every solver step of every rung (t is an input) and commit (t = 0, its
+    head unused). The solver's update and sampled text slots stay eager.
   - the user-side encoder (video + audio) and the VAE's audio decoder: fixed shapes every
     unit, their conv state buffers updated in place inside the graph. The VAE's video decoder
     stays eager: compiled it measured no faster on CPU (bench model-step --compare).
-Everything else (embeddings, heads, the solver's update, sampling) runs eager.
+Everything else (the obs embedding, the solver's update, sampling) runs eager.
 
 A compile that fails (no C++ compiler, an unsupported op, a torch that cannot) falls back to
 the eager call it replaces, logged once with the error; outputs never depend on which ran.
 Compiled artefacts are cached between processes by inductor's FX graph cache, in
 `cache_dir` (TORCHINDUCTOR_CACHE_DIR when set, else ~/.cache/duplex/inductor): the first
-compile of a preset takes tens of seconds on a small CPU, a warm one a few seconds, so a
+compile of a preset takes about two minutes on 2 busy cores (`cpu`; the text slots' graph,
+k forwards unrolled, is most of it), a warm one under ten seconds, so a
 server calls `warm_up` at start-up (it compiles on a scratch cache, never a session's).
 This is a compilation cache, not session state. Pure PyTorch: no processes, no sockets, no
 clocks.
@@ -64,6 +71,19 @@ def use_cache_dir(cache_dir: Path | str | None) -> Path:
     return path
 
 
+def canonical(x: Tensor) -> Tensor:
+    """`x` with row-major strides, size-1 dimensions included: a graph's guards check every
+    stride, and a permuted frame, an expanded time or a sliced token would otherwise compile a
+    second graph in the middle of a call (`.contiguous()` keeps odd strides of size-1 dims)."""
+    want, step = [], 1
+    for size in reversed(x.shape):
+        want.append(step)
+        step *= size
+    if x.stride() == tuple(reversed(want)):
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
 class Compiled:
     """One function under torch.compile with an eager twin: `__call__` runs the compiled one,
     or the eager one once compiling or running the compiled one has failed (logged once)."""
@@ -78,6 +98,7 @@ class Compiled:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed:
             return self.eager(*args, **kwargs)
+        args = tuple(canonical(a) if isinstance(a, Tensor) else a for a in args)
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 out = self._compiled(*args, **kwargs)

@@ -173,8 +173,8 @@ class RuntimeSession:
     # -- the threads' side ------------------------------------------------------------------
     def _hand_over(self, unit: int, frames: np.ndarray, audio: np.ndarray, typed: bytes,
                    called: float) -> None:
-        # (4, H, W, 3) uint8 -> (1, 4, 3, H, W) float32 in [-1, 1]; audio -> (1, 3840)
-        f = frames.transpose(0, 3, 1, 2)[None].astype(np.float32) * (2 / 255) - 1
+        # frames stay uint8 (the thinker converts them on its device); audio -> (1, 3840)
+        f = frames[None]
         self._handed[unit] = (called, time.monotonic())  # before: the output may beat us back
         try:
             n = self._session.submit(f, audio[None].astype(np.float32, copy=False), typed, clock_unit=unit)
@@ -202,9 +202,8 @@ class RuntimeSession:
                 ready = time.monotonic()
                 called, started = self._handed.pop(out.clock_unit, (ready, ready))
                 self.kv_cache_tokens = self._sinks + min(out.unit + 1, self._window) * self._unit_rows
-                frames = ((out.frames.transpose(0, 2, 3, 1) + 1) * 127.5).clip(0, 255).astype(np.uint8)
                 timings = {"handover": started - called, **{f"thinker.{k}": v for k, v in out.stages.items()}}
-                uo = UnitOutput(out.clock_unit, frames, out.audio.astype(np.float32, copy=False),
+                uo = UnitOutput(out.clock_unit, out.frames, out.audio.astype(np.float32, copy=False),
                                 self._text(out.text), ready - started, ready, timings, out.steps,
                                 self._top_steps, s.skipped)
                 self._loop.call_soon_threadsafe(self._deliver, uo)

@@ -3,7 +3,8 @@
 Tensors of the model's hot path (KV rows, latents) never travel here: they go over the
 transport (transport.py). What does travel here is small, or is media at the edge of the
 pair (input units in, decoded frames out), carried as numpy arrays so that pickling copies
-them by value (a torch tensor sent through a pipe would detour through shared memory).
+them by value (a torch tensor sent through a pipe would detour through shared memory);
+frames as uint8 RGB, a quarter of float32's bytes (model/media.py converts them).
 
 Supervisor -> thinker: StartSession, InputUnit, EndSession, Shutdown.
 Supervisor -> performer: Shutdown.
@@ -61,7 +62,7 @@ class StartSession:
 class InputUnit:
     session: int
     unit: int
-    frames: np.ndarray  # (1, 4, 3, H, W) float32 in [-1, 1]
+    frames: np.ndarray  # (1, 4, H, W, 3) uint8 RGB (the thinker converts it on its device)
     audio: np.ndarray  # (1, samples_per_unit) float32 in [-1, 1]
     text: bytes = b""  # typed by the caller since the last unit (UTF-8): forced into the text slots
     rung: int = 0  # the quality ladder's rung the performer solves this unit at
@@ -101,7 +102,7 @@ class UnitOutput:
     text: np.ndarray  # (k,) int64 text slots (bytes, PAD when silent)
     z_video: np.ndarray  # (Rv, Cv p^2) the performer's latents, as committed
     z_audio: np.ndarray  # (Ra, Ca)
-    frames: np.ndarray  # (4, 3, H, W) float32 in [-1, 1]
+    frames: np.ndarray  # (4, H, W, 3) uint8 RGB
     audio: np.ndarray  # (samples_per_unit,) float32 in [-1, 1]
     stages: dict[str, float] = field(default_factory=dict)
     latents_bytes: int = 0  # the latents' message, performer -> thinker

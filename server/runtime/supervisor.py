@@ -21,6 +21,7 @@ Model compute never runs here; this process only moves messages and keeps counts
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from multiprocessing.connection import wait
@@ -250,7 +251,8 @@ class Supervisor:
             end = session.close(timeout=c.open_timeout_s)
             if not end.ok:
                 raise RuntimeError(f"the warm-up session failed: {end.reason}")
-            cost = stats.unit_cost_ms(skip=skip)
+            # the workers inherit this process's cores: on one, they take turns
+            cost = stats.unit_cost_ms(skip=skip, cores=len(os.sched_getaffinity(0)))
             r = self.ladder[rung]
             margins.append(Margin(rung=rung, steps=r.steps, solver=r.solver, cost_ms=cost,
                                   margin=UNIT_SECONDS * 1e3 / cost))

@@ -1,8 +1,8 @@
 """A seeded synthetic input stream: a character and, per unit, user video + audio.
 
 Unit n's media depend only on (seed, n), so a stream can be generated on the fly, in any
-process, and replayed exactly (the bench, the split == single test). Pixel and sample values
-are uniform in [-1, 1]; the model's cost does not depend on them.
+process, and replayed exactly (the bench, the split == single test). Pixels are uniform uint8,
+samples uniform in [-1, 1]; the model's cost does not depend on them.
 """
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ def synthetic_character(cfg: ModelConfig, seed: int = 1) -> Character:
 
 
 def synthetic_unit(cfg: ModelConfig, seed: int, unit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit `unit` of stream `seed`: frames (1, 4, 3, H, W) and audio (1, samples) float32."""
+    """Unit `unit` of stream `seed`, as the wire carries it: frames (1, 4, H, W, 3) uint8 RGB and
+    audio (1, samples) float32 in [-1, 1]."""
     rng = np.random.default_rng((seed, unit))
     v = cfg.video
-    frames = rng.uniform(-1, 1, (1, FRAMES_PER_UNIT, 3, v.height, v.width)).astype(np.float32)
+    frames = rng.integers(0, 256, (1, FRAMES_PER_UNIT, v.height, v.width, 3), dtype=np.uint8)
     audio = rng.uniform(-1, 1, (1, cfg.audio.samples_per_unit)).astype(np.float32)
     return frames, audio

@@ -32,6 +32,7 @@ from model.config import PAD
 
 from model.duplex import Latents
 from model.kv_cache import KVRows
+from model.media import frames_to_model, frames_to_uint8
 from model.streaming import Character, SessionState, Streamer
 from server.runtime.timings import StageTimer
 
@@ -42,7 +43,7 @@ class Decoded:
     unit: int
     text: Tensor  # (B, k) int64
     z: Latents
-    frames: Tensor  # (B, 4, 3, H, W) in [-1, 1]
+    frames: Tensor  # (B, 4, H, W, 3) uint8 RGB
     audio: Tensor  # (B, samples_per_unit) in [-1, 1]
     stages: dict[str, float]  # seconds per stage spent on this unit by the thinker
 
@@ -94,7 +95,8 @@ class Thinker:
 
     # -- events -----------------------------------------------------------------------------
     def on_unit(self, unit: int, frames: Tensor, audio: Tensor, text: bytes = b"", rung: int = 0) -> None:
-        """Input unit `unit`: frames (B, 4, 3, H, W), audio (B, samples_per_unit) in [-1, 1];
+        """Input unit `unit` as the wire carries it: frames (B, 4, H, W, 3) uint8 RGB (converted
+        here, once, on this worker's device), audio (B, samples_per_unit) in [-1, 1];
         `text`: bytes typed since the previous unit (B = 1); `rung`: of the quality ladder, for
         the performer's solve of this unit."""
         if self.state is None:
@@ -106,7 +108,7 @@ class Thinker:
             raise OverflowError(f"{len(self._pending)} input units already wait for the performer "
                                 f"(max_pending={self.max_pending}); the pair has fallen behind")
         self._next_input += 1
-        self._pending.append((unit, frames, audio, text, rung))
+        self._pending.append((unit, frames_to_model(frames, audio.dtype), audio, text, rung))
         self._start_next()
 
     def on_latents(self, unit: int, z: Latents) -> None:
@@ -135,6 +137,7 @@ class Thinker:
     def _decode(self, unit: int, z: Latents) -> None:
         with self.timer.stage(unit, "decode"):
             frames, audio = self.s.decode(self.state, z)
+            frames = frames_to_uint8(frames)
         self.emit(Decoded(unit, self._text.pop(unit), z, frames, audio, self.timer.take(unit)))
 
     def _start_next(self) -> None:

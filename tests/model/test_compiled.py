@@ -10,10 +10,12 @@ import logging
 import pytest
 import torch
 from torch import Tensor
+from torch._dynamo.utils import counters as dynamo_counters
 
 import model.compiled as compiled
 from model.config import tiny
-from model.duplex import DuplexModel, Latents, build_model
+from model.duplex import DuplexModel, build_model
+from model.media import frames_to_model
 from model.streaming import Streamer
 from tests.model.synthetic import make_character
 
@@ -30,7 +32,9 @@ def run_units(model: DuplexModel, streamer: Streamer, units: int = UNITS) -> lis
     streamer.prefill(st, make_character(cfg))
     g = torch.Generator().manual_seed(7)
     spu = cfg.audio.samples_per_unit
-    frames = torch.rand(1, 4 * units, 3, cfg.video.height, cfg.video.width, generator=g) * 2 - 1
+    # uint8 frames through the thinker's conversion: the layout the worker hands the encoder
+    frames = frames_to_model(torch.randint(0, 256, (1, 4 * units, cfg.video.height, cfg.video.width, 3),
+                                           generator=g, dtype=torch.uint8))
     audio = torch.rand(1, units * spu, generator=g) * 2 - 1
     outs: list[Tensor] = []
     for n in range(units):
@@ -58,7 +62,11 @@ def test_compiled_equals_eager_through_the_ring_wrap(tiny_model: DuplexModel) ->
     eager = run_units(tiny_model, Streamer(tiny_model))
     fast = Streamer(tiny_model, compile=True)
     fast.compiled.warm_up()
+    graphs = dynamo_counters["stats"]["unique_graphs"]
     got = run_units(tiny_model, fast)
+    # warm_up compiled everything a session needs: no unit of a call waits for the compiler
+    # (a graph compiled mid-call stalls a step for seconds: the step watchdog restarts the pair)
+    assert dynamo_counters["stats"]["unique_graphs"] == graphs, "a graph was compiled after warm_up"
     assert fast.compiled.failed == []
     steps = fast.compiled
     assert all(c.calls > 0 for c in (steps._chunk, steps._text, steps._resp, steps.encoder))  # ran compiled

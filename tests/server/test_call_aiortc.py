@@ -63,6 +63,7 @@ async def test_an_aiortc_call_gets_25fps_video_continuous_audio_and_captions(dae
     assert f'preset="{PRESET}",transport="gloo"' in text
     assert metric(text, "duplex_solver_steps") >= 1
     assert metric(text, "duplex_realtime_margin", 'rung="top"') > 0
+    assert "real-time margin" in daemon.log_text(), "the measured start is logged"
     assert metric(text, "duplex_units_skipped_total") >= latency[-1]["skipped"]
 
     figures = {

@@ -7,11 +7,14 @@ DUPLEX_TEST_CALL_S=60 makes the measured part of the call longer (5 s by default
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import time
 
 import pytest
+import torch
 
+from bench.model_step import device_name, git_commit
 from model.config import UNIT_SECONDS, preset
 from tests.server.call_helpers import ARTIFACTS, chromium, metric, write_artifact
 
@@ -77,7 +80,8 @@ async def test_chromium_calls_and_decodes_the_avatar_with_audio_playing(daemon):
     assert units1 - units0 >= 0.9 * seconds / UNIT_SECONDS, f"{units1 - units0} units delivered in {seconds:.1f} s"
     assert frames >= 10 * seconds, f"{frames} frames decoded in {seconds:.1f} s; console: {console}"
     write_artifact(f"chromium_call_{PRESET}.json", {
-        "preset": PRESET, "call_s": round(seconds, 2), "units_delivered": units1 - units0,
+        "device": device_name(torch.device("cpu")), "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "preset": PRESET, "call_s": round(seconds, 2), "units_delivered": units1 - units0,
         "units_of_the_clock": round(seconds / UNIT_SECONDS, 1), "frames_decoded": frames,
         "audio_samples": samples, "concealed_samples": concealed})
     assert samples >= 0.9 * 48_000 * seconds and concealed < 0.1 * samples, (samples, concealed)

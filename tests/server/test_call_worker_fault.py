@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.server.call_client import CallClient
-from tests.server.call_helpers import Daemon, metric
+from tests.server.call_helpers import Daemon, http, metric
+from tests.server.pair_helpers import running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,6 +36,9 @@ async def test_a_killed_worker_ends_the_call_with_its_reason_and_the_next_call_i
     reason = client.got.of("ended")[0]["reason"]
     assert "worker fault" in reason and f"pid {first[0]}" in reason and "SIGKILL" in reason, reason
     assert told < 1.5, f"the page heard of the fault {told:.2f} s after it"
+    # while the pair restarts: not ready (the truth), still healthy (it will be back)
+    assert http(daemon.url + "/readyz")[0] == 503 and http(daemon.url + "/healthz")[0] == 200
+    assert not any(running(p) for p in first), "the faulty pair is gone, both workers"
     await client.close()
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, daemon.wait_ready, 60)

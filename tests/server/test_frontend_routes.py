@@ -61,6 +61,13 @@ async def test_healthz_is_up_at_once_and_readyz_waits_for_the_workers():
         assert (await get(url + "/readyz"))[0] == 200
 
 
+async def test_healthz_says_503_once_no_worker_pair_can_be_started():
+    async with front_end() as (front, url):
+        front.engine.healthy = False  # as RuntimeEngine says after failed restarts in a row
+        status, _, body = await get(url + "/healthz")
+        assert status == 503 and b"no worker pair can be started" in body
+
+
 async def test_metrics_carry_build_info_and_budget_buckets():
     m = Metrics("tiny", "gloo")
     m.observe_record(UnitRecord(1, 0, {"thinker": {"encode": 0.02}, "performer": {"solve": 0.05}},

@@ -5,6 +5,7 @@ cannot be restarted is tried again with a back-off and said to be unhealthy unti
 gloo and the rendezvous store listen on loopback only."""
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from model.config import ModelConfig
 from model.checkpoint import WEIGHTS, save_checkpoint
 from model.duplex import build_model
+from server.engine import RuntimeEngine
 from server.runtime.supervisor import Supervisor
-from server.runtime.synthetic import synthetic_unit
+from server.runtime.synthetic import synthetic_character, synthetic_unit
 from tests.server.pair_helpers import TINY, run_units, running, start_session
 
 
@@ -60,6 +62,36 @@ def test_a_pair_that_cannot_restart_is_retried_and_unhealthy_until_it_can(tiny_c
         assert sup.up and sup.healthy and sup.failures == 0
         _, end = run_units(start_session(sup, tiny_cfg), tiny_cfg, 3)
         assert end.ok, end.reason
+
+
+@pytest.mark.timeout(60)
+def test_a_prefill_that_times_out_restarts_the_pair_instead_of_holding_it(tiny_cfg: ModelConfig) -> None:
+    with Supervisor(TINY.model_copy(update={"open_timeout_s": 0.001})) as sup:  # no prefill is that fast
+        with pytest.raises(TimeoutError, match="prefill not done"):
+            start_session(sup, tiny_cfg)
+        deadline = time.monotonic() + 30
+        while not (sup.restarts == 1 and sup.free) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sup.restarts == 1 and sup.free, "the pair is restarted and free again"
+        assert "did not finish the prefill" in sup.faults[-1].what
+
+
+async def test_one_pair_restarting_does_not_block_calls_on_the_others(tiny_cfg: ModelConfig) -> None:
+    engine = RuntimeEngine(TINY.model_copy(update={"warmup_units": 1}), tiny_cfg, pairs=2)
+    await engine.start()
+    try:
+        assert engine.available == 2
+        engine._sups[0]._pair.kill()  # noqa: SLF001 - pair 0 dies and restarts
+        deadline = time.monotonic() + 5
+        while engine._sups[0].up and time.monotonic() < deadline:  # noqa: SLF001
+            await asyncio.sleep(0.01)
+        assert engine.available == 1 and engine.healthy
+        session = await engine.start_session(synthetic_character(tiny_cfg))  # on pair 1, at once
+        assert session.id.startswith("1.")
+        session.close("done")
+        await asyncio.wait_for(session.ended.wait(), 10)
+    finally:
+        await engine.stop()
 
 
 def _listening(pid: int) -> set[str]:
