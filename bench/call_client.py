@@ -83,11 +83,12 @@ class Received:
 
 
 class CallClient:
-    """`ping`: the page's pings; `data_channel=False`: none at all (a phone bridge, say)."""
+    """`ping`: the page's pings; `data_channel=False`: none at all (a phone bridge, say);
+    `send_media=False`: receive-only (a viewer: no camera, no microphone)."""
 
     def __init__(self, base_url: str, ping: bool = True, data_channel: bool = True,
-                 camera: tuple[int, int] = (320, 240)):
-        self.base_url, self.ping, self.camera = base_url, ping, camera
+                 camera: tuple[int, int] = (320, 240), send_media: bool = True):
+        self.base_url, self.ping, self.camera, self.send_media = base_url, ping, camera, send_media
         use_loopback_candidates()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.got = Received()
@@ -102,8 +103,12 @@ class CallClient:
                          edit: Callable[[str], str] = lambda sdp: sdp) -> dict[str, Any]:
         """Send the offer (its SDP through `edit`) and return the daemon's answer, unapplied."""
         pc = self.pc
-        pc.addTrack(SyntheticCamera(*self.camera))
-        pc.addTrack(SyntheticMicrophone())
+        if self.send_media:
+            pc.addTrack(SyntheticCamera(*self.camera))
+            pc.addTrack(SyntheticMicrophone())
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+            pc.addTransceiver("video", direction="recvonly")
         pc.on("track", lambda track: self._tasks.append(asyncio.ensure_future(self._consume(track))))
         if self.dc is not None:
             self.dc.on("message", lambda m: self.got.events.append((time.monotonic(), json.loads(m))))

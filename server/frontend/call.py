@@ -44,6 +44,7 @@ from server.settings import IceServer, Settings
 
 log = logging.getLogger("duplex.call")
 WATCH_S = 0.1  # how often the liveness and length limits are checked
+NO_MEDIA_START_S = 1.0  # connected, yet no media this long after (a receive-only caller): the clock starts
 FLUSH_S = 0.5  # at most this long to let the "ended" event leave before the peer closes
 LOOPBACK = "127.0.0.1"
 
@@ -203,8 +204,16 @@ class Call:
             self.end(f"the server's data channel failed: {e}", "error")
 
     def _on_state(self) -> None:
+        if self.pc.connectionState == "connected" and not self.assembler.started.is_set():
+            self._spawn(self._start_without_media(), "unit clock")
         if self.pc.connectionState in ("failed", "closed"):
             self.end(f"the connection was lost ({self.pc.connectionState})", "dropped")
+
+    async def _start_without_media(self) -> None:
+        """A caller that sends no media (receive-only) still gets the avatar: the clock starts
+        NO_MEDIA_START_S after the connection, the model hearing silence and seeing grey."""
+        await asyncio.sleep(NO_MEDIA_START_S)
+        self.assembler.start(time.monotonic())
 
     async def _watch(self) -> None:
         s = self.settings

@@ -75,7 +75,8 @@ class UnitAssembler:
         if clock.started:
             self.started.set()
 
-    def _arrived(self, t: float) -> None:
+    def start(self, t: float) -> None:
+        """Start the unit clock at `t` (the first media's arrival); later calls change nothing."""
         if not self.started.is_set():
             self.clock.start(t)
             self.started.set()
@@ -91,7 +92,7 @@ class UnitAssembler:
 
     # -- arrivals (the track readers call these as frames come in) ----------------------------
     def push_video(self, frame: av.VideoFrame, arrived: float) -> None:
-        self._arrived(arrived)
+        self.start(arrived)
         if frame.width * frame.height > MAX_KEPT_PIXELS:
             frame = frame.reformat(width=self.width, height=self.height, format="rgb24")
         self._video.append((arrived, frame))
@@ -100,7 +101,7 @@ class UnitAssembler:
             self._drop("video", 1)
 
     def push_audio(self, frame: av.AudioFrame, arrived: float) -> None:
-        self._arrived(arrived)
+        self.start(arrived)
         if self._resampler is None:
             # keep the caller's channels and average them: FFmpeg's stereo -> mono downmix adds
             # +3 dB, which would push a loud voice past full scale

@@ -73,6 +73,17 @@ async def test_a_caller_that_sends_media_but_no_pings_and_no_data_channel_stays_
         await client.close()
 
 
+async def test_a_receive_only_caller_gets_the_avatar_though_it_sends_no_media():
+    async with front_end() as (front, url):
+        client = CallClient(url, send_media=False)  # the unit clock cannot start with its media
+        await client.call()
+        t0 = await client.wait_media()
+        await asyncio.sleep(1.5)
+        assert rates(client.got, t0 + 0.3, t0 + 1.5)["units_delivered"] >= 0.8
+        assert front.engine.started[0].submitted, "units went to the engine on the clock"
+        await client.close()
+
+
 async def test_a_page_that_goes_silent_is_ended_within_the_liveness_limit():
     async with front_end(liveness_s=1.0) as (front, url):
         client = CallClient(url)
