@@ -41,11 +41,19 @@ def attend_beside(q: Tensor, ck: Tensor, cv: Tensor, k: Tensor, v: Tensor, stale
     in: equal, to float rounding, to `attend` on the cache with k, v written at the rows
     marked `stale`. q (B, Hq, L, d); ck, cv (B, Hkv, N, d) the cache; k, v (B, Hkv, L, d);
     stale (N,) bool, True at the rows the chunk's k, v will overwrite (left out here). Plain
-    PyTorch whatever the backend, one softmax over both parts: the compiled path's attention
+    PyTorch whatever the backend, one softmax over both parts (a chunk of L > 1 rows with no
+    earlier rows beside: SDPA on the cache and k, v concatenated, stale rows masked; else
+    batched matmuls around one shared maximum): the compiled path's attention
     (model/compiled.py), which must not write into the cache inside a graph (the compiler
     would copy the whole cache to do so)."""
     B, Hq, L, d = q.shape
     Hkv = k.shape[1]
+    if L > 1 and k.shape[2] == L:  # a chunk (no earlier rows beside): one SDPA over cache + chunk
+        # (measured ~1.07x on the chunk and resp graphs against the 4 matmuls below; the text
+        # slots, 1 query row beside their earlier slots, keep the matmuls)
+        keep = torch.cat([~stale, torch.ones(L, dtype=torch.bool, device=stale.device)])[None]  # (1, N + L)
+        return F.scaled_dot_product_attention(q, torch.cat([ck, k], 2), torch.cat([cv, v], 2),
+                                              attn_mask=keep, enable_gqa=Hq != Hkv)
     qg = q.reshape(B, Hkv, (Hq // Hkv) * L, d) * d ** -0.5  # query heads grouped by their kv head
     s_cache = (qg @ ck.transpose(-1, -2)).masked_fill(stale, float("-inf"))  # (B, Hkv, G L, N)
     s_own = qg @ k.transpose(-1, -2)  # (B, Hkv, G L, L)

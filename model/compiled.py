@@ -29,8 +29,9 @@ the eager call it replaces, logged once with the error; outputs never depend on 
 Compiled artefacts are cached between processes by inductor's FX graph cache, in
 `cache_dir` (TORCHINDUCTOR_CACHE_DIR when set, else ~/.cache/duplex/inductor): the first
 compile of a preset takes about two minutes on 2 busy cores (`cpu`; the text slots' graph,
-k forwards unrolled, is most of it), a warm one under ten seconds, so a
-server calls `warm_up` at start-up (it compiles on a scratch cache, never a session's).
+k forwards unrolled, is most of it), a warm one 9-25 s (bench model-step --compare; the
+graphs are not frozen: see OPTIONS), so a server calls `warm_up` at start-up
+(it compiles on a scratch cache, never a session's).
 This is a compilation cache, not session state. Pure PyTorch: no processes, no sockets, no
 clocks.
 """
@@ -54,9 +55,13 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "duplex" / "inductor"
 RECOMPILE_LIMIT = 16  # graphs per compiled function: 2-3 chunk shapes per model, a few models
 # inductor options: a C++ wrapper around the kernels instead of Python (the per-call overhead
-# is what a 1-token text slot mostly costs). Not freezing: it measured slower here, and it would
-# bake in the weights a later checkpoint load replaces.
+# is what a 1-token text slot mostly costs).
 OPTIONS = {"cpp_wrapper": True}
+# Not frozen: inductor's freezing (weights as constants, the linears prepacked for MKL's packed
+# sgemm) measured no faster end to end on quiet cores (2026-11-29, cpu preset, 1 thread), and
+# frozen graphs skip inductor's FX graph cache (packed weights do not pickle), so every start
+# would lower them again: 80+ s instead of 9-25 s. Unfrozen graphs take the weights as inputs:
+# a model loaded from a checkpoint computes with its own weights.
 
 
 def use_cache_dir(cache_dir: Path | str | None) -> Path:
@@ -99,9 +104,14 @@ class Compiled:
         if self.failed:
             return self.eager(*args, **kwargs)
         args = tuple(canonical(a) if isinstance(a, Tensor) else a for a in args)
+        dyn = torch._dynamo.config
+        limit = dyn.recompile_limit
         try:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            dyn.recompile_limit = RECOMPILE_LIMIT  # by hand: config.patch costs ~30 us a call
+            try:
                 out = self._compiled(*args, **kwargs)
+            finally:
+                dyn.recompile_limit = limit
         except Exception:  # any failure to compile or run compiled: eager from now on, loudly, once
             log.warning("torch.compile of %s failed; it runs eager from now on", self.name,
                         exc_info=True)

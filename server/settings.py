@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     cuda_graphs: bool = Field(False, description="replay each per-unit step as a CUDA graph once the "
                                                  "KV cache is in steady state (GPU; eager on CPU)")
     compile: bool = Field(False, description="torch.compile the steady-state per-unit steps (CPU: "
-                                             "inductor's C++ backend; about 1.3x faster on the cpu "
+                                             "inductor's C++ backend; about 1.4x faster on the cpu "
                                              "preset); compiled before /readyz says 200, cached in "
                                              "~/.cache/duplex/inductor (first start ~1 min, later a "
                                              "few s); eager wherever a compile fails")

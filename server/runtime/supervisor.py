@@ -75,7 +75,7 @@ class RuntimeConfig(BaseModel):
     max_lag_units: int = Field(2, ge=1)  # units in flight; an input unit past that is skipped
     output_queue: int = Field(16, ge=1)  # decoded units kept for a slow consumer
     controller: ControllerConfig = ControllerConfig()  # picks each unit's rung of the quality ladder
-    warmup_units: int = Field(6, ge=1)  # measured per rung at start-up, after the window's units
+    warmup_units: int = Field(10, ge=1)  # measured per rung at start-up, after the window's units
     # test only: the performer sleeps this long per solver evaluation, as a slower machine would
     # take (the runtime tests of the ladder and of skipping); 0 in service
     test_eval_delay_s: float = Field(0.0, ge=0)

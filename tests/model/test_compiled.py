@@ -1,11 +1,14 @@
 """The compiled path (model/compiled.py) equals eager: over units through the ring wrap, to 1e-5
 in fp32; its attention beside the cache equals writing the cache first; a failed compile falls
-back to eager, once and loudly. The compile itself is inductor's C++ backend: the first run of
-this module compiles the tiny preset (tens of seconds on 2 cores), later runs hit the cache.
+back to eager, once and loudly; a Streamer built after a checkpoint load computes with the loaded
+weights. The compile itself is inductor's
+C++ backend: the first run of this module compiles the tiny preset (tens of seconds on 2 cores),
+later runs hit the cache.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from torch import Tensor
 from torch._dynamo.utils import counters as dynamo_counters
 
 import model.compiled as compiled
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import tiny
 from model.duplex import DuplexModel, build_model
 from model.media import frames_to_model
@@ -70,6 +74,23 @@ def test_compiled_equals_eager_through_the_ring_wrap(tiny_model: DuplexModel) ->
     assert fast.compiled.failed == []
     steps = fast.compiled
     assert all(c.calls > 0 for c in (steps._chunk, steps._text, steps._resp, steps.encoder))  # ran compiled
+    for i, (a, b) in enumerate(zip(got, eager, strict=True)):
+        torch.testing.assert_close(a, b, atol=TOL, rtol=0, msg=lambda m: f"output {i}: {m}")
+
+
+@pytest.mark.slow
+def test_a_streamer_built_after_a_checkpoint_load_compiles_those_weights(
+        tiny_model: DuplexModel, tmp_path: Path) -> None:
+    # a server loads the checkpoint, then builds the Streamer and warms it up: its graphs
+    # compute with the loaded weights, not with those of a model compiled before in this
+    # process (tiny_model's, above) nor with what the FX graph cache holds
+    loaded = load_checkpoint(save_checkpoint(build_model(tiny(), seed=1), tmp_path / "ckpt"))
+    assert not torch.equal(loaded.text_head.weight, tiny_model.text_head.weight)
+    fast = Streamer(loaded, compile=True)
+    fast.compiled.warm_up()
+    got = run_units(loaded, fast)
+    assert fast.compiled.failed == []
+    eager = run_units(loaded, Streamer(loaded))
     for i, (a, b) in enumerate(zip(got, eager, strict=True)):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0, msg=lambda m: f"output {i}: {m}")
 
