@@ -95,10 +95,29 @@ class AudioConfig(_Frozen):
     vae_width: int  # channels of the audio VAE's first stage
     strides: tuple[int, ...] = (4, 4, 6, 10)  # product = samples per latent (960 at 24 kHz)
     obs_width: int  # channels of the user-side audio encoder's first stage
+    # The VAE's audio path (model/vae.py, model/istft.py). conv: strided causal convs down and
+    # sub-pixel convs up to samples (`strides`). stft / istft: causal STFT log-magnitudes in,
+    # log-magnitude and phase per STFT hop out, then a streaming overlap-add.
+    encoder: Literal["conv", "stft"] = "conv"
+    decoder: Literal["conv", "istft"] = "conv"
+    stft_hops_per_latent: int = 4  # STFT hops per latent (hop = samples per latent / this)
+    stft_window_hops: int = 4  # STFT window length in hops (n_fft = this x hop)
 
     @property
     def samples_per_unit(self) -> int:
         return round(self.sample_rate * UNIT_SECONDS)
+
+    @property
+    def samples_per_latent(self) -> int:
+        return self.samples_per_unit // LATENTS_PER_UNIT
+
+    @property
+    def stft_hop(self) -> int:
+        return self.samples_per_latent // self.stft_hops_per_latent
+
+    @property
+    def n_fft(self) -> int:
+        return self.stft_window_hops * self.stft_hop
 
     @model_validator(mode="after")
     def _check(self) -> "AudioConfig":
@@ -109,6 +128,12 @@ class AudioConfig(_Frozen):
             raise ValueError(
                 f"product of audio strides ({hop}) x {LATENTS_PER_UNIT} latents a unit must equal "
                 f"the samples in 160 ms at {self.sample_rate} Hz ({self.samples_per_unit})")
+        if self.samples_per_latent % self.stft_hops_per_latent:
+            raise ValueError(
+                f"stft_hops_per_latent ({self.stft_hops_per_latent}) must divide the samples per "
+                f"latent ({self.samples_per_latent} at {self.sample_rate} Hz)")
+        if self.stft_window_hops < 1:
+            raise ValueError(f"stft_window_hops must be >= 1, got {self.stft_window_hops}")
         return self
 
 
@@ -228,6 +253,22 @@ def cpu() -> ModelConfig:
         text_slots=4, obs_dim=128, window_units=8)
 
 
+def demo() -> ModelConfig:
+    """The shipped demonstrator: the `cpu` preset's Transformer and video, with a codec that
+    speaks: a causal STFT encoder and an iSTFT decoder (32-channel latents at 25 Hz, STFT hop
+    10 ms, window 40 ms; a 9.6 M-parameter audio path), trained on 2 CPU cores by `duplex train`."""
+    return ModelConfig(
+        name="demo",
+        transformer=TransformerConfig(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512),
+        video=VideoConfig(height=64, width=96, vae_spatial=16, vae_channels=8, patch=1,
+                          vae_width=8, obs_spatial=16, obs_width=8),
+        audio=AudioConfig(vae_channels=32, vae_width=256, obs_width=16, encoder="stft",
+                          decoder="istft"),
+        flow=FlowConfig(steps=4),
+        character=CharacterConfig(voice_units=2, persona_bytes=32),
+        text_slots=4, obs_dim=128, window_units=8)
+
+
 def base() -> ModelConfig:
     """About 1.3 B parameters, one or two GPUs."""
     return ModelConfig(
@@ -256,7 +297,7 @@ def large() -> ModelConfig:
         text_slots=8, obs_dim=1024, window_units=64)
 
 
-PRESETS = {"tiny": tiny, "cpu": cpu, "base": base, "large": large}
+PRESETS = {"tiny": tiny, "cpu": cpu, "demo": demo, "base": base, "large": large}
 
 
 def preset(name: str) -> ModelConfig:

@@ -2,7 +2,9 @@
 
 Video: causal 3-D convolutions, 4x in time (one latent frame a 4-frame unit), `vae_spatial`
 in space. Audio: causal 1-D convolutions with strides (4, 4, 6, 10): 25 Hz latents, 4 a
-unit. Video and audio are separate branches; `encode` / `decode` are the joint convenience.
+unit; or, by AudioConfig.encoder / decoder, the STFT-domain path of model/istft.py (causal
+STFT log-magnitudes in, log-magnitude and phase per hop and a streaming overlap-add out).
+Video and audio are separate branches; `encode` / `decode` are the joint convenience.
 
 Every call takes an optional state: None is a whole clip from silence; a state (from
 `init_encode_state` / `init_decode_state`, owned by the caller) makes the call continue the
@@ -22,6 +24,7 @@ from model.causal_conv import (ConvState, CausalConv1d, CausalConv3d, Down3d, Pr
                                StreamingNet, Up1d, Up3d, depth_to_space, res_block_1d,
                                res_block_3d, space_to_depth, stage_widths)
 from model.config import FRAMES_PER_UNIT, LATENTS_PER_UNIT, AudioConfig, VideoConfig
+from model.istft import ISTFTDecoder, STFTEncoder
 
 PATCH = 2  # video pixels folded into channels before the first conv (and unfolded after the last)
 VIDEO_KT = 3  # time taps of the res blocks' first conv (in frames of that stage)
@@ -181,8 +184,10 @@ class AVVAE(nn.Module):
         v, a = video, audio
         self.video_encoder = VideoEncoder(v.height, v.width, v.vae_spatial, v.vae_width, v.vae_channels)
         self.video_decoder = VideoDecoder(v.height, v.width, v.vae_spatial, v.vae_width, v.vae_channels)
-        self.audio_encoder = AudioEncoder(a.strides, a.vae_width, a.vae_channels)
-        self.audio_decoder = AudioDecoder(a.strides, a.vae_width, a.vae_channels)
+        self.audio_encoder = (STFTEncoder(a, a.vae_channels) if a.encoder == "stft"
+                              else AudioEncoder(a.strides, a.vae_width, a.vae_channels))
+        self.audio_decoder = (ISTFTDecoder(a, a.vae_channels) if a.decoder == "istft"
+                              else AudioDecoder(a.strides, a.vae_width, a.vae_channels))
         self.samples_per_unit = a.samples_per_unit
 
     # -- state ----------------------------------------------------------------------------

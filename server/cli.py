@@ -1,4 +1,5 @@
-"""The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels`.
+"""The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels`,
+`train` (the demonstrator, staged), `codec` (a wav through a checkpoint's codec), `eval codec`.
 
 Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
 """
@@ -9,6 +10,7 @@ import importlib
 import sys
 
 BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels", "soak": "bench.soak"}
+EVALS = {"codec": "bench.codec"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("presets", help="print each model preset's unit layout and size", add_help=False)
     b = sub.add_parser("bench", help="run a benchmark", add_help=False)
     b.add_argument("which", choices=sorted(BENCHES))
+    sub.add_parser("train", help="train the demonstrator (duplex train --help: stages, budget)", add_help=False)
+    sub.add_parser("codec", help="stream a wav through a checkpoint's codec, or --eval it", add_help=False)
+    e = sub.add_parser("eval", help="judge a checkpoint (duplex eval codec --help)", add_help=False)
+    e.add_argument("which", choices=sorted(EVALS))
     args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        from model.codec_recipe import main as train_main
+        return train_main(rest)
+    if args.command == "codec":
+        from bench.codec import main as codec_main
+        return codec_main(rest)
+    if args.command == "eval":
+        return importlib.import_module(EVALS[args.which]).eval_main(rest)
     if args.command == "serve":
         from server.serve import main as serve_main
         return serve_main(rest)

@@ -260,6 +260,13 @@ async def test_config_mints_a_short_lived_turn_credential_per_request():
     assert minted[0]["username"] != minted[1]["username"]
 
 
+async def until(cond, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
 async def test_bad_data_channel_messages_get_an_error_event_and_the_call_goes_on():
     bad = ["[" * 2000, b"\xff\xfe", "x" * 60_000, json.dumps({"type": "dance"}), "null", "[1]",
            json.dumps({"type": "text", "text": 7}), json.dumps({"type": "text", "text": "\ud800"}),
@@ -268,15 +275,16 @@ async def test_bad_data_channel_messages_get_an_error_event_and_the_call_goes_on
         client = CallClient(url)
         await client.call()
         await client.wait_media()
+        await until(lambda: client.dc.readyState == "open" and client.got.of("hello"), "the channel opens")
         for msg in bad:
             client.dc.send(msg)
-        await asyncio.sleep(0.5)
+        [call] = front.calls.values()
+        await until(lambda: call.channel.bad.total == len(bad), "every bad message is seen")
+        await until(lambda: client.got.of("error"), "the error event arrives")
         [error] = client.got.of("error")  # the first at once, the rest within the same window
         assert "nested too deeply" in error["reason"] and error["ignored"] == 1
-        [call] = front.calls.values()
-        assert call.channel.bad.total == len(bad)
         client.say("still here")
-        await asyncio.sleep(0.5)
+        await until(lambda: client.got.of("text"), "typed text is answered")
         assert client.got.of("text") == [{"type": "text", "text": "still here", "delivered": True}]
         latency = len(client.got.of("latency"))
         await asyncio.sleep(1.0)
