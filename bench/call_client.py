@@ -151,12 +151,19 @@ class CallClient:
                 self.dc.send(json.dumps({"type": "ping", "t": time.time()}))
             await asyncio.sleep(1.0)
 
-    def go_silent(self) -> None:
-        """Stop sending anything (pings, camera, microphone), as a vanished peer would."""
+    def cut_network(self) -> None:
+        """Make the client's ICE sockets deaf and mute under it, as a closed tab or a pulled
+        cable: nothing more leaves (no goodbye, no RTCP, no consent answers) and nothing that
+        arrives is read. (aioice's StunProtocol per socket: there is no public way to do it.)"""
         self.ping = False
-        for sender in self.pc.getSenders():
-            if sender.track is not None:
-                sender.track.stop()
+        transports = [t.sender.transport for t in self.pc.getTransceivers() if t.sender.transport]
+        if self.pc.sctp is not None:
+            transports.append(self.pc.sctp.transport)
+        for dtls in transports:
+            for protocol in dtls.transport._connection._protocols:
+                if protocol.transport is not None:
+                    protocol.transport.sendto = lambda data, addr=None: None
+                    protocol.datagram_received = lambda data, addr: None
 
     def say(self, text: str) -> None:
         self.dc.send(json.dumps({"type": "text", "text": text}))

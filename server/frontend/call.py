@@ -5,9 +5,11 @@
         latency go to the page on the data channel as each unit starts playing
   clock the unit clock starts with the caller's first media frame (unit_assembler.py), not
         when the session opened: slow ICE gathering (TURN) costs start-up time, not units
-  life  any inbound media frame or data-channel message is a sign of life; a call silent for
-        `liveness_s` (a closed tab, a lost network: aiortc alone notices only after ~30 s of
-        failed consent checks),
+  life  any inbound traffic is a sign of life: a media frame, a data-channel message, or any
+        packet on the connection's transport (RTCP, DTLS, SCTP: aiortc's transport stats, read
+        every WATCH_S), so a caller that only receives and sends reports stays in the call; a
+        call silent for `liveness_s` (a closed tab, a lost network: aiortc alone notices only
+        after ~30 s of failed consent checks),
         that does not connect, that reaches `max_call_s`, or whose engine session ends, is ended
 Ending a call, whatever the cause: 1. tell the page why (data channel), 2. stop the call's
 tasks, 3. close the engine session (its KV cache and queues are freed), 4. close the peer
@@ -43,8 +45,8 @@ from server.metrics import Metrics
 from server.settings import IceServer, Settings
 
 log = logging.getLogger("duplex.call")
-WATCH_S = 0.1  # how often the liveness and length limits are checked
-NO_MEDIA_START_S = 1.0  # connected, yet no media this long after (a receive-only caller): the clock starts
+WATCH_S = 0.1  # how often the liveness and length limits (and the inbound packet count) are checked
+NO_MEDIA_START_S = 0.5  # connected, yet no media this long after (a receive-only caller): the clock starts
 FLUSH_S = 0.5  # at most this long to let the "ended" event leave before the peer closes
 LOOPBACK = "127.0.0.1"
 
@@ -215,11 +217,19 @@ class Call:
         await asyncio.sleep(NO_MEDIA_START_S)
         self.assembler.start(time.monotonic())
 
+    async def _inbound_packets(self) -> int:
+        """Packets received on the call's transport(s) so far: media, RTCP, DTLS, data channel."""
+        report = await self.pc.getStats()
+        return sum(s.packetsReceived for s in report.values() if s.type == "transport")
+
     async def _watch(self) -> None:
         s = self.settings
+        inbound = 0
         while True:
             await asyncio.sleep(WATCH_S)
             now = time.monotonic()
+            if self.pc.connectionState == "connected" and (count := await self._inbound_packets()) > inbound:
+                inbound, self.last_seen = count, now
             if self.session.ended.is_set():
                 self.end(f"the model stopped: {self.session.end_reason}", "error")
             elif now - self.started > s.max_call_s:
