@@ -127,12 +127,13 @@ async def test_a_call_through_5pc_loss_and_50ms_jitter_keeps_its_units_fps_and_l
         f"the call ended: {ended}, connection {state}, sessions active {active}"
     assert r["units_delivered"] >= 0.8, f"the model's units through the lossy path: {r}"
     assert r["fps"] >= 20, f"video through the lossy path: {r}"
-    for lo in np.arange(start, end - 0.999, 1.0):  # every second: units, video and audio arrive
-        second = {"units": sum(1 for t, e in got.events if e["type"] == "latency" and lo <= t < lo + 1),
-                  "video": sum(1 for t, _, _ in got.video if lo <= t < lo + 1),
+    # every second: video and audio arrive (the units' events ride the data channel, whose
+    # retransmissions under loss deliver them in bursts: they are counted over the window above)
+    for lo in np.arange(start, end - 0.999, 1.0):
+        second = {"video": sum(1 for t, _, _ in got.video if lo <= t < lo + 1),
                   "audio": sum(1 for t, _, _ in got.audio if lo <= t < lo + 1)}
-        assert second["units"] >= 3 and second["video"] >= 10 and second["audio"] >= 15, \
-            f"a second {lo - t0:.0f} s into the call lacks units or media: {second}"
+        assert second["video"] >= 10 and second["audio"] >= 15, \
+            f"a second {lo - t0:.0f} s into the call lacks media: {second}"
     drift = max(skew) - min(skew)
     assert drift <= SKEW_DRIFT_S, (f"audio and video drifted apart by {drift * 1e3:.0f} ms over the window "
                                    f"(per-second A/V skew, ms: {[round(s * 1e3) for s in skew]})")
