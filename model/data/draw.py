@@ -52,6 +52,16 @@ class Mask:
         return out
 
 
+def _local(out: Mask, cy: float, cx: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mask's pixel offsets (dy, dx) from (cy, cx), in the shape's frame rotated by `angle`."""
+    yy, xx = out.coords()
+    dy, dx = yy - cy, xx - cx
+    if angle:
+        c, s = np.cos(angle), np.sin(angle)
+        dx, dy = c * dx + s * dy, -s * dx + c * dy
+    return dy, dx
+
+
 def ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float,
             angle: float = 0.0) -> Mask:
     """Coverage of an ellipse (one-pixel soft edge) in an image of `shape` (h, w)."""
@@ -59,11 +69,7 @@ def ellipse(shape: tuple[int, int], cy: float, cx: float, ry: float, rx: float,
     out = Mask.around(shape, cy, cx, max(ry, rx))
     if out.m.size == 0:
         return out
-    yy, xx = out.coords()
-    dy, dx = yy - cy, xx - cx
-    if angle:
-        c, s = np.cos(angle), np.sin(angle)
-        dx, dy = c * dx + s * dy, -s * dx + c * dy
+    dy, dx = _local(out, cy, cx, angle)
     r = np.sqrt((dy / ry) ** 2 + (dx / rx) ** 2)
     # distance to the edge in pixels, approximately: (r - 1) * the local radius
     d = (r - 1) * np.sqrt((dy ** 2 + dx ** 2) / np.maximum(r ** 2, 1e-6) + 1e-6)
@@ -77,11 +83,7 @@ def box(shape: tuple[int, int], cy: float, cx: float, hh: float, hw: float,
     out = Mask.around(shape, cy, cx, float(np.hypot(hh, hw)))
     if out.m.size == 0:
         return out
-    yy, xx = out.coords()
-    dy, dx = yy - cy, xx - cx
-    if angle:
-        c, s = np.cos(angle), np.sin(angle)
-        dx, dy = c * dx + s * dy, -s * dx + c * dy
+    dy, dx = _local(out, cy, cx, angle)
     qy, qx = np.abs(dy) - hh + radius, np.abs(dx) - hw + radius
     outside = np.sqrt(np.maximum(qy, 0) ** 2 + np.maximum(qx, 0) ** 2)
     d = outside + np.minimum(np.maximum(qy, qx), 0) - radius
