@@ -11,7 +11,7 @@ grammar of only the expected phrases let an 8-band noise vocoder score 8/8):
 - `log_spectral_distance`: dB distance of the power spectra (no recogniser at all).
 `noise_vocoder` is the calibration's poor speech. Pure functions on float arrays in [-1, 1]
 at a stated sample rate, and a small CLI (`python -m bench.judges --help`); nothing here
-imports the model.
+imports the model (the resampling is model/data/speech.py's).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+
+from model.data.speech import resample
 
 ASR_RATE = 16_000  # pocketsphinx's en-us acoustic model
 DITHER = 1e-3  # RMS of the noise floor under every clip the recogniser hears (see _pcm16)
@@ -103,18 +105,6 @@ def write_wav(path: str | Path, x: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def resample(x: np.ndarray, rate: int, to: int) -> np.ndarray:
-    """Band-limited resampling of a whole clip (FFT: truncate or zero-pad the spectrum)."""
-    if rate == to:
-        return np.asarray(x, np.float32)
-    n = round(len(x) * to / rate)
-    spec = np.fft.rfft(x)
-    keep = min(len(spec), n // 2 + 1)
-    out = np.zeros(n // 2 + 1, complex)
-    out[:keep] = spec[:keep]
-    return (np.fft.irfft(out, n) * (n / len(x))).astype(np.float32)
-
-
 def _pcm16(x: np.ndarray, rate: int) -> bytes:
     """16 kHz PCM for pocketsphinx, with a seeded noise floor at -60 dBFS: digital silence
     (espeak-ng's pauses are exact zeros) breaks its features (the log of zero energy) and it
@@ -171,8 +161,15 @@ def grammar_judge(x: np.ndarray, rate: int, phrases: Sequence[Phrase] = PHRASES)
     """The phrase or distractor pocketsphinx picks for speech x, from a grammar holding every
     phrase and distractor of `phrases`; None when it hears none of them."""
     alternatives = tuple(a for p in phrases for a in (p.text, p.distractor))
-    hyp = _recognise(_grammar_decoder(alternatives), x, rate)
-    return next((a for a in alternatives if a.lower() == hyp), None)
+    heard = pick(x, rate, tuple(a.lower() for a in alternatives))
+    return next((a for a in alternatives if a.lower() == heard), None)
+
+
+def pick(x: np.ndarray, rate: int, alternatives: Sequence[str]) -> str | None:
+    """Which of `alternatives` (lower case, words pocketsphinx knows) pocketsphinx hears in x,
+    from a grammar of exactly those; None when it hears none of them."""
+    hyp = _recognise(_grammar_decoder(tuple(alternatives)), x, rate)
+    return hyp if hyp in alternatives else None
 
 
 def transcribe(x: np.ndarray, rate: int) -> str:

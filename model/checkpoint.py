@@ -24,10 +24,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says which tensor or field and why."""
 
 
-def save_checkpoint(model: DuplexModel, folder: str | Path) -> Path:
+def save_checkpoint(model: DuplexModel, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """dtype: store the weights in it (float16 halves a shipped checkpoint); None keeps the model's."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype=dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"preset": model.cfg.name})
     (folder / CONFIG).write_text(model.cfg.model_dump_json(indent=2))
     return folder

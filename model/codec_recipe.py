@@ -1,20 +1,21 @@
-"""`duplex train --stage codec`: the VAE's audio path learns to speak.
+"""`duplex train --stage codec`: the VAE learns to speak and to draw the characters' faces.
 
-Reads top to bottom: config, data, model, loop, checkpoint. The audio encoder and decoder of
-a preset's VAE (the `demo` preset: STFT in, iSTFT out) are trained as a plain autoencoder on
-espeak-ng speech (model/speech_corpus.py: random sentences, many voices, one held out) with a
-multi-resolution STFT loss and a log-mel L1 loss; no GAN. Everything is a function of the
-seed: the corpus, the initial weights, and the crops of step n (drawn from a generator seeded
-by (seed, n)), so the data position of a resume is the step. Every `checkpoint_s` seconds (and
-at the end) it writes `train_state.pt` (model, optimiser, step, RNG, losses), the serving
-checkpoint `checkpoint/` (safetensors + config.json, model/checkpoint.py) and `loss.png`;
-a killed run started again with the same --out continues where the last checkpoint stopped.
+Reads top to bottom: config, data, model, loop, checkpoint. The VAE of a preset (the `demo`
+preset: STFT in, iSTFT out for audio) is trained as a plain autoencoder, no GAN:
+- audio on espeak-ng speech (model/speech_corpus.py: random sentences in the conversations'
+  and the characters' voices, one voice held out) with a multi-resolution STFT loss and a
+  log-mel L1 loss against the input delayed by the decoder's `delay` (model/istft.py);
+- video on the characters' drawn faces (model/data/face.py), whose mouths follow the same
+  step's speech crops, with an L1 + squared error loss.
+Everything is a function of the seed: the corpus, the initial weights, and the crops and faces
+of step n (drawn from generators seeded by (seed, n)), so the data position of a resume is
+the step. Every `checkpoint_s` seconds (and at the end) it saves the run folder (model/run.py: a resumable state, the float16 checkpoint
+that ships, the loss curve); a killed run started again with the same --out continues where
+the last save stopped.
 The judges (bench/judges.py) and the codec eval (bench/codec.py) are separate programs.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -25,12 +26,16 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from model.checkpoint import save_checkpoint
-from model.config import preset
-from model.duplex import DuplexModel, build_model
+from model.config import FRAMES_PER_UNIT, preset
+from model.duplex import build_model
+from model.data.face import FaceRenderer
+from model.data.speech import Synth
+from model.data.tables import CHARACTERS
+from model.media import frames_to_model
+from model.run import finish, lr_scale, resume, save_run
 from model.speech_corpus import TRAIN_VOICES, corpus
 
-STATE = "train_state.pt"
+CURVES, TITLE = ("loss", "stft", "mel", "video"), "codec training"
 
 
 class CodecRecipe(BaseModel):
@@ -44,10 +49,14 @@ class CodecRecipe(BaseModel):
     utterances: int = Field(1200, description="random sentences (~3.3 s each: ~65 minutes of speech)")
     batch: int = Field(8, description="crops a step")
     crop_units: int = Field(8, description="crop length in 160 ms units")
-    lr: float = Field(1e-3, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
+    video_batch: int = Field(1, description="face clips a step")
+    video_units: int = Field(8, description="face clip length in 160 ms units (the video VAE's causal "
+                                            "context spans about 7: shorter clips leave its steady state untrained)")
+    lr: float = Field(1e-3, description="AdamW peak of the audio path; linear warm-up, then cosine to lr / 10 at `steps`")
+    video_lr: float = Field(2e-3, description="AdamW peak of the video path, on the same schedule")
     warmup: int = Field(200, description="warm-up steps")
-    steps: int = Field(8000, description="schedule length (~45 min on 2 CPU cores at ~0.33 s a step)")
-    minutes: float = Field(60.0, description="wall-clock budget of this invocation")
+    steps: int = Field(5400, description="schedule length (44 min on 2 quiet CPU cores at ~0.49 s a step)")
+    minutes: float = Field(45.0, description="wall-clock budget of this invocation")
     stop_after: int | None = Field(None, description="end this invocation at this step (the schedule still spans `steps`)")
     checkpoint_s: float = Field(180.0, description="seconds between checkpoints")
     device: str = Field("cpu", description="cpu or cuda")
@@ -99,46 +108,27 @@ def crops(stream: np.ndarray, seed: int, step: int, batch: int, length: int) -> 
     return torch.from_numpy(np.stack([stream[s:s + length] for s in starts]))
 
 
-def lr_at(r: CodecRecipe, step: int) -> float:
-    if step < r.warmup:
-        return r.lr * (step + 1) / r.warmup
-    p = min(1.0, (step - r.warmup) / max(1, r.steps - r.warmup))
-    return r.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+def face_clips(speech: Tensor, seed: int, step: int, batch: int, frames: int, h: int, w: int) -> Tensor:
+    """The face clips of step `step`, (batch, frames, 3, h, w) in [-1, 1]: a random character
+    each, its mouth following the start of a speech crop at a random level, its blinks and head
+    motion drawn from a generator seeded by (seed, step)."""
+    rng = np.random.default_rng([seed, step, 1])
+    clips = []
+    for i in range(batch):
+        spec = CHARACTERS[sorted(CHARACTERS)[int(rng.integers(len(CHARACTERS)))]]
+        x = speech[i % len(speech)].numpy()
+        x = x[:len(x) // frames * frames] * (rng.uniform(0.02, 0.15) / max(float(np.sqrt(np.mean(x ** 2))), 1e-4))
+        clips.append(FaceRenderer(spec, rng, h, w, frames).frames(x))
+    return frames_to_model(torch.from_numpy(np.stack(clips)))
 
 
-# -- checkpoint -------------------------------------------------------------------------------
-
-def save_state(r: CodecRecipe, model: DuplexModel, opt: torch.optim.Optimizer, step: int,
-               history: list[dict], elapsed: float) -> None:
-    r.out.mkdir(parents=True, exist_ok=True)
-    tmp = r.out / (STATE + ".tmp")
-    torch.save({"recipe": r.model_dump(mode="json"), "model": model.state_dict(),
-                "opt": opt.state_dict(), "step": step, "data_position": step,
-                "rng": torch.get_rng_state(), "history": history, "elapsed": elapsed}, tmp)
-    tmp.replace(r.out / STATE)
-    save_checkpoint(model, r.out / "checkpoint")
-    plot_losses(history, r.out / "loss.png")
+def video_loss(y: Tensor, x: Tensor) -> Tensor:
+    return F.l1_loss(y, x) + F.mse_loss(y, x)
 
 
-def plot_losses(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if not history:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [h["step"] for h in history]
-    for key in ("loss", "stft", "mel"):
-        ax.plot(steps, [h[key] for h in history], label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"codec training ({history[-1]['minutes']:.1f} min)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def psnr(y: Tensor, x: Tensor) -> float:
+    """dB of frames in [-1, 1] (peak 2)."""
+    return 10 * math.log10(4 / max(F.mse_loss(y.float(), x.float()).item(), 1e-12))
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -154,27 +144,27 @@ def train(r: CodecRecipe) -> dict:
         cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"vae_width": r.vae_width})})
     rate = cfg.audio.sample_rate
     length = r.crop_units * cfg.audio.samples_per_unit
+    frames, (h, w) = r.video_units * FRAMES_PER_UNIT, (cfg.video.height, cfg.video.width)
 
     # 1. data: the training voices only; the eval voice and phrases stay held out
-    stream = corpus(r.seed, r.utterances, r.cache, rate, TRAIN_VOICES,
+    stream = corpus(r.seed, r.utterances, Synth(r.cache), rate, TRAIN_VOICES,
                     progress=lambda it: tqdm(it, desc="espeak-ng corpus", unit="utt"))
-    # 2. model: seeded; only the VAE's audio path trains
+    # 2. model: seeded; only the VAE trains
     model = build_model(cfg, r.seed, device)
     torch.manual_seed(r.seed)
-    params = [*model.vae.audio_encoder.parameters(), *model.vae.audio_decoder.parameters()]
-    opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.8, 0.99), weight_decay=0.01)
+    vae = model.vae
+    delay = vae.audio_delay  # the decoder reconstructs the crop this many samples late
+    audio_params = [*vae.audio_encoder.parameters(), *vae.audio_decoder.parameters()]
+    video_params = [*vae.video_encoder.parameters(), *vae.video_decoder.parameters()]
+    params = audio_params + video_params
+    opt = torch.optim.AdamW([{"params": audio_params, "peak": r.lr}, {"params": video_params, "peak": r.video_lr}],
+                            lr=r.lr, betas=(0.8, 0.99), weight_decay=0.01)
     mel = mel_filters(rate, MEL_FFT, MEL_BINS, device)
-    step, history, elapsed = 0, [], 0.0
-    if (r.out / STATE).exists():  # 3. resume
-        state = torch.load(r.out / STATE, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        torch.set_rng_state(state["rng"])
-        step, history, elapsed = state["data_position"], state["history"], state["elapsed"]
-        print(f"resumed {r.out / STATE} at step {step} ({elapsed / 60:.1f} min trained)")
+    step, history, elapsed = resume(r.out, model, opt, device)  # 3. resume
     n_params = sum(p.numel() for p in params)
     print(f"codec: preset {cfg.name}, {n_params / 1e6:.2f} M parameters, {len(stream) / rate / 60:.1f} "
-          f"min of speech at {rate} Hz, crops {length / rate:.2f} s x {r.batch}")
+          f"min of speech at {rate} Hz, crops {length / rate:.2f} s x {r.batch}, faces {frames} frames "
+          f"x {r.video_batch}")
 
     # 4. loop
     model.train()
@@ -184,11 +174,17 @@ def train(r: CodecRecipe) -> dict:
     last = min(r.steps, r.stop_after or r.steps)
     while step < last and time.monotonic() - start < r.minutes * 60:
         t0 = time.monotonic()
-        x = crops(stream, r.seed, step, r.batch, length).to(device)
+        x = crops(stream, r.seed, step, r.batch, length)
+        v = face_clips(x, r.seed, step, r.video_batch, frames, h, w).to(device)
+        x = x.to(device)
         for g in opt.param_groups:
-            g["lr"] = lr_at(r, step)
-        y = model.vae.decode_audio(model.vae.encode_audio(x))
-        loss, parts = codec_loss(y, x, mel)
+            g["lr"] = g["peak"] * lr_scale(step, r.warmup, r.steps)
+        y = vae.decode_audio(vae.encode_audio(x))
+        loss, parts = codec_loss(y[:, delay:], x[:, :length - delay], mel)
+        y = vae.decode_video(vae.encode_video(v))
+        v_loss = video_loss(y, v)
+        loss = loss + v_loss
+        parts |= {"video": v_loss.item(), "psnr_db": psnr(y.detach(), v)}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -198,40 +194,17 @@ def train(r: CodecRecipe) -> dict:
         window = window[-20:]
         speed = r.batch * length / rate / (sum(window) / len(window))
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", audio_x=f"{speed:.1f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", psnr=f"{parts['psnr_db']:.1f}", audio_x=f"{speed:.1f}")
         if step % 25 == 0 or step == 1:
             history.append({"step": step, "loss": loss.item(), **parts, "audio_per_s": speed,
                             "minutes": (elapsed + time.monotonic() - start) / 60})
         if time.monotonic() - last_ckpt > r.checkpoint_s:
-            save_state(r, model, opt, step, history, elapsed + time.monotonic() - start)
+            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, CURVES, TITLE)
             last_ckpt = time.monotonic()
     bar.close()
     elapsed += time.monotonic() - start
     if window and history[-1]["step"] != step:  # the last step, if this invocation ran any
         history.append({"step": step, "loss": loss.item(), **parts, "audio_per_s": speed,
                         "minutes": elapsed / 60})
-    save_state(r, model, opt, step, history, elapsed)  # 5. the final checkpoint
-    summary = {"step": step, "minutes": elapsed / 60,
-               "first_loss": history[0]["loss"] if history else None,
-               "last_loss": history[-1]["loss"] if history else None,
-               "checkpoint": str(r.out / "checkpoint")}
-    with open(r.out / "log.jsonl", "a") as f:
-        f.write(json.dumps(summary) + "\n")
-    print(json.dumps(summary))
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="duplex train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["codec"], default="codec",
-                   help="codec: the VAE's audio path (the whole model's stage comes later)")
-    for name, field in CodecRecipe.model_fields.items():
-        kind = {"out": Path, "cache": Path, "preset": str, "device": str}.get(name)
-        kind = kind or (float if isinstance(field.default, float) else int)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=field.default,
-                       help=f"{field.description} (default {field.default})")
-    args = vars(p.parse_args(argv))
-    args.pop("stage")
-    train(CodecRecipe(**args))
-    return 0
+    save_run(r.out, r, model, opt, step, history, elapsed, CURVES, TITLE)  # 5. the final checkpoint
+    return finish(r.out, step, history, elapsed)

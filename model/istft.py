@@ -8,11 +8,15 @@ Encoder: frame t is the window that ENDS at the end of hop t (the last n_fft - h
 come from the state), so it never sees the future; its log-magnitudes go through causal
 convs at the hop rate, a strided causal conv to the latent rate, and causal convs there.
 Decoder: causal convs at the latent rate, a sub-pixel conv up to the hop rate, causal convs
-there, then per hop a log-magnitude and a phase for each bin; the inverse FFT of frame t
-(windowed) is laid at samples [t hop, t hop + n_fft): hop t's samples are final once frame t
+there, then per hop a log-magnitude and a phase step for each bin. A bin's phase is its
+phase one hop earlier, advanced by its centre frequency over a hop, plus the predicted step
+(the phase vocoder's rule): an untrained decoder already makes frames whose overlaps add up
+instead of cancelling, and the loss fell faster than with absolute phases (2.5 against 3.8
+after 350 steps). The inverse FFT of frame t (windowed) is laid at samples
+[t hop, t hop + n_fft): hop t's samples are final once frame t
 is known, and the frame's tail (n_fft - hop samples) is carried in the state and added to
 the next hops (a streaming overlap-add). So output hop t depends on latents up to t's only,
-and unit-by-unit decoding equals the whole clip.
+and unit-by-unit decoding equals the whole clip (the last phases are carried too).
 
 Both are StreamingNets: their left context lives in a ConvState the caller owns.
 Pure PyTorch: no processes, no sockets, no clocks; no module holds a session's state.
@@ -58,14 +62,14 @@ class CausalSTFT(nn.Module):
 
 
 class OverlapAdd(nn.Module):
-    """(B, 2F, T) log-magnitudes and phases per hop -> (B, T hop) samples: inverse FFT,
+    """(B, 2F, T) log-magnitudes and phase steps per hop -> (B, T hop) samples: inverse FFT,
     synthesis window, and overlap-add, the unfinished tail of the last frames in the state."""
 
     def __init__(self, n_fft: int, hop: int):
         super().__init__()
         self.n_fft, self.hop = n_fft, hop
         self.context = n_fft - hop
-        self.buffer_shape = (self.context,)
+        self.buffer_shape = (self.context + n_fft // 2 + 1,)  # the overlap-add tail, then the phases
         self.slot: int | None = None
         # the sum of the squared windows over the frames covering a sample (constant past the
         # clip's first frames when the window is at least 2 hops): plain Python, so building
@@ -75,16 +79,23 @@ class OverlapAdd(nn.Module):
     def forward(self, x: Tensor, state: ConvState) -> Tensor:
         B, F2, T = x.shape
         F, K, hop = F2 // 2, self.n_fft // self.hop, self.hop
-        log_mag, phase = x.float().transpose(1, 2).split(F, dim=-1)  # (B, T, F) each
-        spec = torch.polar(log_mag.clamp(max=MAX_LOG_MAG).exp(), phase)
+        log_mag, step = x.float().transpose(1, 2).split(F, dim=-1)  # (B, T, F) each
+        buf = state.buffers[self.slot]
+        # phase of bin k at hop t = its phase at hop t - 1 + the advance of the bin's centre
+        # frequency over one hop + the predicted deviation (summed in float64 so that any
+        # chunking of the stream gives the same phases)
+        advance = torch.arange(F, device=x.device, dtype=torch.float64) * (2 * math.pi * hop / self.n_fft)
+        phase = buf[:, None, self.context:].double() + torch.cumsum(step.double() + advance, 1)
+        phase = torch.remainder(phase, 2 * math.pi)
+        buf[:, self.context:].copy_(phase[:, -1].detach())
+        spec = torch.polar(log_mag.clamp(max=MAX_LOG_MAG).exp(), phase.float())
         frames = torch.fft.irfft(spec, n=self.n_fft, dim=-1) * _window(self.n_fft, log_mag)  # (B, T, n_fft)
         pieces = frames.view(B, T, K, hop)
         out = frames.new_zeros(B, (T + K - 1) * hop)
         for j in range(K):  # piece j of frame t lands on hop t + j
             out[:, j * hop:(j + T) * hop] += pieces[:, :, j].reshape(B, T * hop)
-        buf = state.buffers[self.slot]
-        out[:, :self.context] += buf.float()
-        buf.copy_(out[:, T * hop:].detach())
+        out[:, :self.context] += buf[:, :self.context].float()
+        buf[:, :self.context].copy_(out[:, T * hop:].detach())
         return (out[:, :T * hop] / self.envelope).to(x.dtype)
 
 
@@ -123,12 +134,20 @@ class STFTEncoder(_STFTNet):
 
 class ISTFTDecoder(_STFTNet):
     """Latents (B, N, Ca) -> audio (B, N * samples per latent), about [-1, 1] (not squashed:
-    the caller clips at the output device)."""
+    the caller clips at the output device).
+
+    Its output trails the encoder's input by `delay` = n_fft - hop samples (30 ms at 4 hops of
+    10 ms): frame t covers output samples [t hop, t hop + n_fft), and only with that delay is
+    all of it in the past of the encoder's frame t (the window ending at hop t). Trained
+    without it, the decoder would have to predict 30 ms of future speech in each frame's tail;
+    it guessed, the overlaps cancelled, and 600-2400 Hz came out 11-16 dB too quiet after 800
+    steps (with the delay: within 4 dB after as many)."""
 
     def __init__(self, a: AudioConfig, in_channels: int):
         super().__init__()
         w_hop, w_lat = stage_widths(a.vae_width, 2)
         self.in_channels = in_channels
+        self.delay = a.n_fft - a.stft_hop
         layers: list[nn.Module] = [
             CausalConv1d(in_channels, w_lat, 3), res_block_1d(w_lat, 3, 1), res_block_1d(w_lat, 3, 2),
             Up1d(w_lat, w_hop, a.stft_hops_per_latent),

@@ -9,8 +9,8 @@ Video and audio are separate branches; `encode` / `decode` are the joint conveni
 Every call takes an optional state: None is a whole clip from silence; a state (from
 `init_encode_state` / `init_decode_state`, owned by the caller) makes the call continue the
 stream, and is updated in place. Zero state + unit-by-unit calls == one whole-clip call.
-The encoder is deterministic (a latent is the posterior mean). The encoder classes are shared
-with the user-side encoder (model/av_encoder.py), which only changes widths and outputs.
+The encoder is deterministic (a latent is the posterior mean), each latent vector at RMS 1.
+The encoder classes are shared with the user-side encoder (model/av_encoder.py), which only changes widths and outputs.
 Pure PyTorch: no processes, no sockets, no clocks; no module holds a session's state.
 """
 from __future__ import annotations
@@ -161,6 +161,7 @@ class AudioDecoder(StreamingNet):
         super().__init__()
         widths = stage_widths(first_width, len(strides) + 1)
         self.in_channels = in_channels
+        self.delay = 0  # samples its output trails the encoder's input (model/istft.py: 30 ms)
         layers: list[nn.Module] = [CausalConv1d(in_channels, widths[-1], 3), res_block_1d(widths[-1], 3, 1)]
         for i in reversed(range(len(strides))):
             layers += [Up1d(widths[i + 1], widths[i], strides[i]), res_block_1d(widths[i], AUDIO_K, 1)]
@@ -172,6 +173,14 @@ class AudioDecoder(StreamingNet):
         if latents.dim() != 3 or latents.shape[2] != self.in_channels:
             raise ValueError(f"audio latents must be (B, N, {self.in_channels}), got {tuple(latents.shape)}")
         return torch.tanh(self.run(latents.transpose(1, 2), state))[:, 0]
+
+
+def unit_rms(z: Tensor, dim: int) -> Tensor:
+    """Each latent vector (the channels at one time and place) scaled to RMS 1: the flow-matching
+    targets then have the scale of its noise whatever the codec learnt (unscaled, the demo
+    codec's audio latents came out with a standard deviation of 2.8)."""
+    zf = z.float()
+    return (zf * torch.rsqrt(zf.pow(2).mean(dim, keepdim=True) + 1e-6)).to(z.dtype)
 
 
 class AVVAE(nn.Module):
@@ -189,6 +198,8 @@ class AVVAE(nn.Module):
         self.audio_decoder = (ISTFTDecoder(a, a.vae_channels) if a.decoder == "istft"
                               else AudioDecoder(a.strides, a.vae_width, a.vae_channels))
         self.samples_per_unit = a.samples_per_unit
+        # samples by which decoded audio trails the audio its latents were encoded from
+        self.audio_delay: int = self.audio_decoder.delay
 
     # -- state ----------------------------------------------------------------------------
     def init_encode_state(self, batch: int, device: torch.device | str | None = None,
@@ -220,11 +231,11 @@ class AVVAE(nn.Module):
 
     # -- one branch -----------------------------------------------------------------------
     def encode_video(self, frames: Tensor, state: ConvState | None = None) -> Tensor:
-        return self.video_encoder(frames, state)
+        return unit_rms(self.video_encoder(frames, state), 2)
 
     def encode_audio(self, audio: Tensor, state: ConvState | None = None) -> Tensor:
         """Audio (B, n * 3840) -> (B, 4n, Ca); also the character's voice reference."""
-        return self.audio_encoder(audio, state)
+        return unit_rms(self.audio_encoder(audio, state), -1)
 
     def decode_video(self, latents: Tensor, state: ConvState | None = None) -> Tensor:
         return self.video_decoder(latents, state)

@@ -1,5 +1,5 @@
 """The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels`,
-`train` (the demonstrator, staged), `codec` (a wav through a checkpoint's codec), `eval codec`.
+`train` (the demonstrator, staged), `codec` (a file through a checkpoint's codec), `eval codec|model`.
 
 Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
 """
@@ -10,7 +10,7 @@ import importlib
 import sys
 
 BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels", "soak": "bench.soak"}
-EVALS = {"codec": "bench.codec"}
+EVALS = {"codec": "bench.codec", "model": "bench.conversation_eval"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("which", choices=sorted(BENCHES))
     sub.add_parser("train", help="train the demonstrator (duplex train --help: stages, budget)", add_help=False)
     sub.add_parser("codec", help="stream a wav through a checkpoint's codec, or --eval it", add_help=False)
-    e = sub.add_parser("eval", help="judge a checkpoint (duplex eval codec --help)", add_help=False)
+    e = sub.add_parser("eval", help="judge a checkpoint (duplex eval codec|model --help)", add_help=False)
     e.add_argument("which", choices=sorted(EVALS))
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
-        from model.codec_recipe import main as train_main
+        from model.run import main as train_main
         return train_main(rest)
     if args.command == "codec":
         from bench.codec import main as codec_main

@@ -18,6 +18,13 @@ from model.config import PRESETS
 SHIPPED_CHARACTERS = Path(__file__).parent / "characters"
 
 
+def check_schemes(urls: list[str], schemes: tuple[str, ...], what: str) -> list[str]:
+    for u in urls:
+        if not u.startswith(schemes):
+            raise ValueError(f"{what} {u!r} must start with {', '.join(schemes[:-1])} or {schemes[-1]}")
+    return urls
+
+
 class IceServer(BaseModel):
     """One STUN or TURN server, as the browser's RTCIceServer takes it."""
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,10 +35,7 @@ class IceServer(BaseModel):
     @field_validator("urls")
     @classmethod
     def _schemes(cls, urls: list[str]) -> list[str]:
-        for u in urls:
-            if not u.startswith(("stun:", "stuns:", "turn:", "turns:")):
-                raise ValueError(f"ICE server URL {u!r} must start with stun:, stuns:, turn: or turns:")
-        return urls
+        return check_schemes(urls, ("stun:", "stuns:", "turn:", "turns:"), "ICE server URL")
 
 
 class Settings(BaseSettings):
@@ -116,10 +120,7 @@ class Settings(BaseSettings):
     @field_validator("turn_urls")
     @classmethod
     def _turn_schemes(cls, urls: list[str]) -> list[str]:
-        for u in urls:
-            if not u.startswith(("turn:", "turns:")):
-                raise ValueError(f"TURN URL {u!r} must start with turn: or turns:")
-        return urls
+        return check_schemes(urls, ("turn:", "turns:"), "TURN URL")
 
     @field_validator("allowed_origins")
     @classmethod

@@ -34,14 +34,23 @@ def _video(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.reshape(n * f, h, w, c)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
-def voice_reference(character: str, cfg: ModelConfig, synth: speech.Synth | None = None) -> np.ndarray:
-    """The character's voice as the episodes use it (espeak-ng with its settings), saying its
-    persona: (voice_units * samples a unit,) float32, the voice sink's length."""
+VOICE_TEXT = "Hello, I am {name}. Nice to meet you, shall we talk?"
+
+
+def voice_clip(character: str, rate: int, synth: speech.Synth | None = None) -> np.ndarray:
+    """The character saying VOICE_TEXT with its espeak-ng settings at its level, trimmed:
+    float32 at `rate`. server/characters/<id>/voice.wav holds it at 24 kHz (16-bit)."""
     spec = CHARACTERS[character]
     synth = synth if synth is not None else speech.Synth()
+    pcm, r = synth(VOICE_TEXT.format(name=spec.name), spec.voice, spec.speed, spec.pitch, 0)
+    return speech.set_level(speech.trim(speech.resample(pcm / 32768.0, r, rate)), CHARACTER_LEVEL_DBFS)
+
+
+def voice_reference(character: str, cfg: ModelConfig, synth: speech.Synth | None = None) -> np.ndarray:
+    """The voice sink's samples, (voice_units * samples a unit,) float32: the start of
+    `voice_clip`, as the daemon takes the start of voice.wav."""
     n = cfg.character.voice_units * cfg.audio.samples_per_unit
-    pcm, r = synth(f"Hello, I am {spec.name}. Nice to meet you, shall we talk?", spec.voice, spec.speed, spec.pitch, 0)
-    x = speech.set_level(speech.trim(speech.resample(pcm / 32768.0, r, cfg.audio.sample_rate)), CHARACTER_LEVEL_DBFS)
+    x = voice_clip(character, cfg.audio.sample_rate, synth)
     return np.pad(x, (0, max(0, n - x.size)))[:n]
 
 

@@ -100,6 +100,12 @@ class Synth:
         return _parse_wav(res.stdout)
 
 
+def speak(synth: Synth, text: str, voice: str, rate: int, speed: int = 160, pitch: int = 50) -> np.ndarray:
+    """`text` said by `voice` as float32 in [-1, 1] at `rate`."""
+    pcm, r = synth(text, voice, speed, pitch)
+    return resample(pcm / 32768.0, r, rate)
+
+
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Band-limited resampling by the FFT (the signal is padded with silence at both ends, so
     the circular wrap only touches silence): float32."""

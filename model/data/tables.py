@@ -28,10 +28,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
 # --- the user's voices (espeak-ng voice[+variant]) ------------------------------------------
-# None of them is a character's voice (CHARACTERS below).
+# None of them is a character's voice (CHARACTERS below) or the codec's held-out voice.
 USER_VOICES: dict[Split, tuple[str, ...]] = {
     "train": ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f2", "en-us+f4",
-              "en-gb+m2", "en-gb+f1", "en-gb-x-gbclan", "en-us+m1"),
+              "en-gb+m2", "en-gb+f1", "en-gb-x-gbclan", "en-us+m3"),
     "heldout": ("en-gb-x-rp", "en-us-nyc+f5", "en-gb-x-gbcwmd+m7"),
 }
 USER_SPEED_WPM = (120, 190, 10)  # espeak-ng -s: low, high, step (quantised: a finite cache)

@@ -90,7 +90,9 @@ class Shell:
         model: DuplexModel
         if spec.checkpoint:
             from model.checkpoint import load_checkpoint  # safetensors only when a checkpoint is used
-            model = load_checkpoint(spec.checkpoint, device=device)
+            # a CPU computes in float32 whatever the checkpoint stores (half precision is slow there)
+            model = load_checkpoint(spec.checkpoint, device=device,
+                                    dtype=torch.float32 if device.type == "cpu" else None)
         else:
             model = build_model(preset(spec.preset), seed=spec.weights_seed, device=device)
         model.transformer.backend = spec.backend

@@ -50,13 +50,13 @@ def test_clean_speech_passes_and_a_noise_vocoder_of_it_clearly_fails() -> None:
     except ImportError:
         missing("pocketsphinx is not installed (pip install -e '.[eval]')")
     from bench.judges import grammar_judge, open_wer
-    from model.speech_corpus import espeak, have_espeak
-    if not have_espeak():
+    from model.data.speech import Synth, espeak_available, speak
+    if not espeak_available():
         missing("espeak-ng is not installed (apt-get install espeak-ng)")
     phrases = PHRASES[:12]
-    score = {"clean": [], "vocoder": []}
+    score, synth = {"clean": [], "vocoder": []}, Synth()
     for p in phrases:
-        x = espeak(p.text, "en-us", rate=RATE)
+        x = speak(synth, p.text, "en-us", RATE)
         for name, y in (("clean", x), ("vocoder", noise_vocoder(x, RATE))):
             score[name].append((grammar_judge(y, RATE) == p.text, open_wer(y, RATE, p.text)))
     acc = {k: np.mean([c for c, _ in v]) for k, v in score.items()}

@@ -7,6 +7,7 @@ same entry point as the console script, with the `tiny` preset unless a test ask
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from contextlib import asynccontextmanager
@@ -189,3 +190,13 @@ async def front_end(capacity: int = 1, start: bool = True, **settings: object) -
         await front.shutdown("the test is over")
         await engine.stop()
         await runner.cleanup()
+
+
+async def until(cond, what: str, timeout: float = 10.0) -> float:
+    """Wait for `cond()` (polled every 20 ms); the seconds it took, or TimeoutError naming `what`."""
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start

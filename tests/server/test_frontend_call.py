@@ -13,20 +13,11 @@ import numpy as np
 import pytest
 
 from tests.server.call_client import CallClient, rates
-from tests.server.call_helpers import front_end
+from tests.server.call_helpers import front_end, until
 from tests.server.fake_engine import unit_colour
 from tests.server.test_frontend_offer import make_offer
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(cond, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 def ended(client: CallClient) -> list[str]:
@@ -57,7 +48,7 @@ async def test_a_call_plays_the_engines_units_with_captions_and_latency():
         assert len(lat) >= 10 and all(e["out_ms"] >= 0 and e["model_ms"] > 0 for e in lat)
         assert client.got.of("hello")[0]["character"] == "Bram"
         await client.hangup()
-        await until(lambda: not front.calls, 3, "the call ends after bye")
+        await until(lambda: not front.calls, "the call ends after bye", 3)
         assert session.ended.is_set() and session.end_reason == "you hung up"
         assert 'duplex_sessions_total{outcome="ok"} 1.0' in front.metrics.render().decode()
 
@@ -103,7 +94,7 @@ async def test_a_page_that_goes_silent_is_ended_within_the_liveness_limit():
         await client.wait_media()
         client.cut_network()  # nothing more leaves: no pings, no media, no RTCP
         [call] = front.calls.values()
-        took = await until(lambda: not front.calls, 3, "a silent page's call ends")
+        took = await until(lambda: not front.calls, "a silent page's call ends", 3)
         assert took < 1.5
         assert front.engine.active == 0, "the engine session is freed"
         assert "nothing heard from the caller for 1 s" in call.end_reason  # (the page cannot hear it)
@@ -117,7 +108,7 @@ async def test_a_call_that_never_connects_is_ended():
         async with aiohttp.ClientSession() as s, s.post(url + "/offer", data=body) as r:
             assert r.status == 200  # and the client never applies the answer
         assert len(front.calls) == 1
-        await until(lambda: not front.calls, 3, "an unconnected call ends")
+        await until(lambda: not front.calls, "an unconnected call ends", 3)
         assert front.engine.active == 0
         assert "did not connect within 1 s" in front.engine.started[0].end_reason
 
@@ -126,9 +117,9 @@ async def test_a_call_ends_at_its_maximum_length():
     async with front_end(max_call_s=1.5) as (front, url):
         client = CallClient(url)
         await client.call()
-        await until(lambda: ended(client), 4, "the length limit")
+        await until(lambda: ended(client), "the length limit", 4)
         assert "maximum length of 1.5 s" in ended(client)[0]
-        await until(lambda: not front.calls, 3, "the call is gone")
+        await until(lambda: not front.calls, "the call is gone", 3)
         assert 'duplex_sessions_total{outcome="max_length"} 1.0' in front.metrics.render().decode()
         await client.close()
 
@@ -139,9 +130,9 @@ async def test_an_engine_failure_ends_the_call_with_its_reason():
         await client.call()
         await client.wait_media()
         front.engine.fail_session(client.session, "worker fault: thinker (pid 1) was killed by SIGKILL")
-        await until(lambda: ended(client), 3, "the page hears of the fault")
+        await until(lambda: ended(client), "the page hears of the fault", 3)
         assert "thinker (pid 1) was killed by SIGKILL" in ended(client)[0]
-        await until(lambda: not front.calls, 3, "the call is gone")
+        await until(lambda: not front.calls, "the call is gone", 3)
         assert 'duplex_sessions_total{outcome="error"} 1.0' in front.metrics.render().decode()
         await client.close()
 
@@ -162,7 +153,7 @@ async def test_a_drain_refuses_new_calls_at_once_lets_calls_go_on_then_ends_them
                 assert "draining" in (await r.json())["error"]
         assert 'duplex_draining 1.0' in front.metrics.render().decode()
         for c in clients:
-            await until(lambda c=c: c.got.of("draining"), 2, "each page hears of the drain")
+            await until(lambda c=c: c.got.of("draining"), "each page hears of the drain", 2)
             assert c.got.of("draining")[0]["seconds"] == 1.5
         # one caller hangs up during the drain; the other's call goes on until the drain ends
         await clients[0].hangup()
@@ -174,7 +165,7 @@ async def test_a_drain_refuses_new_calls_at_once_lets_calls_go_on_then_ends_them
             f"units and media went on while draining: {r}"
         await front.shutdown("server draining")
         assert not front.calls and front.engine.active == 0
-        await until(lambda: ended(clients[1]), 2, "the page is told")
+        await until(lambda: ended(clients[1]), "the page is told", 2)
         assert ended(clients[1]) == ["server draining"]
         for c in clients:
             await c.close()
@@ -192,7 +183,7 @@ async def test_a_drain_ends_early_once_every_call_has_ended():
         await front.drain(30, hurry)
         assert time.monotonic() - t0 < 1.0 and front.calls, "hurried: the call is still there to end"
         await client.hangup()
-        await until(lambda: not front.calls, 2, "the call is gone")
+        await until(lambda: not front.calls, "the call is gone", 2)
         t0 = time.monotonic()
         await front.drain(30, asyncio.Event())
         assert time.monotonic() - t0 < 0.2, "no call left: the drain is over"

@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from model.config import PRESETS, preset
 from server.frontend.characters import CharacterError, load_characters
 from server.serve import main as serve_main
 from server.settings import SHIPPED_CHARACTERS
+from tests.missing import missing
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -25,6 +27,19 @@ def test_the_shipped_characters_fit_every_preset(name):
         assert tuple(ch.voice.shape) == (cfg.character.voice_units * cfg.audio.samples_per_unit,)
         assert -1 <= float(ch.image.min()) < float(ch.image.max()) <= 1
         assert 0.1 < float(ch.voice.abs().max()) <= 1 and c.persona
+
+
+@pytest.mark.parametrize("name", ["demo", "base"])
+def test_the_daemon_prefills_the_voice_the_conversations_were_made_with(name):
+    """voice.wav is the espeak-ng voice of model/data's episodes: what training put in the voice
+    sink is what a call puts there (to 16-bit rounding)."""
+    from model.data import espeak_available
+    from model.data.media import voice_reference
+    if not espeak_available():
+        missing("espeak-ng is not installed (apt-get install espeak-ng)")
+    cfg = preset(name)
+    for cid, c in load_characters(SHIPPED_CHARACTERS, cfg).items():
+        assert float((c.character.voice - torch.from_numpy(voice_reference(cid, cfg))).abs().max()) < 2e-4, cid
 
 
 @pytest.fixture

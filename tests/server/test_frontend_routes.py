@@ -17,7 +17,7 @@ import pytest
 from server.metrics import Metrics
 from server.runtime.timings import Transfer, UnitRecord
 from tests.server.call_client import CallClient
-from tests.server.call_helpers import front_end
+from tests.server.call_helpers import front_end, until
 from tests.server.test_frontend_offer import make_offer
 
 TURN = {"urls": ["turn:turn.example.org:3478"], "username": "duplex", "credential": "p4ss"}
@@ -258,13 +258,6 @@ async def test_config_mints_a_short_lived_turn_credential_per_request():
         digest = hmac.new(secret.encode(), ice["username"].encode(), hashlib.sha1).digest()
         assert ice["credential"] == base64.b64encode(digest).decode()  # what coturn computes
     assert minted[0]["username"] != minted[1]["username"]
-
-
-async def until(cond, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_bad_data_channel_messages_get_an_error_event_and_the_call_goes_on():

@@ -1,0 +1,127 @@
+"""`duplex train --stage model`: the whole model learns the conversations, from a trained codec.
+
+Reads top to bottom: config, data, model, loop. The Transformer, its heads and the user-side
+encoder train on procedural conversations (model/data/: a user who speaks and holds up cards,
+a character who greets, listens, answers and stops when cut in on), teacher-forced through the
+block-causal training path (model/train.py: text cross-entropy + flow matching) with the
+preset's streaming window, so training sees what a call sees. The VAE is the codec stage's
+(`--codec`, a checkpoint folder) and stays frozen: the character's speech and face become the
+latents the model learns to make, and decoding them is the codec's job.
+
+Step n trains on the conversations of seeds (seed, n, i), generated on the fly (espeak-ng
+utterances cached on disk by all their parameters), so the data position of a resume is the
+step. The run folder is model/run.py's; its checkpoint holds the whole model, codec included.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.checkpoint import load_checkpoint
+from model.data import MediaBatch, Synth, conversation, media_batch
+from model.duplex import DuplexModel, Latents, patchify
+from model.run import finish, lr_scale, resume, save_run
+from model.train import Conversation, train_step
+
+CURVES, TITLE = ("loss", "text", "flow"), "whole-model training"
+SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
+
+
+class ModelRecipe(BaseModel):
+    """Everything a run depends on; `duplex train --stage model --help` lists each field as a flag."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    codec: Path = Field(Path("checkpoints/demo-codec"), description="checkpoint folder of the codec stage (its VAE is used, frozen)")
+    out: Path = Field(Path("runs/model"), description="run folder: train_state.pt, checkpoint/, loss.png, log.jsonl")
+    cache: Path = Field(Path.home() / ".cache" / "duplex" / "speech",
+                        description="espeak-ng utterances, shared by runs")
+    seed: int = Field(0, description="conversations, initial weights, solver times and noise")
+    units: int = Field(32, description="conversation length in 160 ms units (5.1 s)")
+    batch: int = Field(2, description="conversations a step")
+    lr: float = Field(3e-4, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
+    warmup: int = Field(100, description="warm-up steps")
+    steps: int = Field(4000, description="schedule length")
+    minutes: float = Field(120.0, description="wall-clock budget of this invocation")
+    stop_after: int | None = Field(None, description="end this invocation at this step (the schedule still spans `steps`)")
+    checkpoint_s: float = Field(300.0, description="seconds between saves")
+    device: str = Field("cpu", description="cpu or cuda")
+    threads: int | None = Field(None, description="torch threads on CPU (default: torch's)")
+
+
+# -- data -------------------------------------------------------------------------------------
+
+def step_seeds(seed: int, step: int, batch: int) -> list[int]:
+    return [(seed * 1_000_000 + step) * SEED_STRIDE + i for i in range(batch)]
+
+
+@torch.no_grad()
+def to_conversation(model: DuplexModel, mb: MediaBatch, device: torch.device) -> Conversation:
+    """Media of a batch of episodes -> the model's inputs and targets: the character's
+    speech and face through the (frozen) VAE to latent tokens, its portrait and voice to sinks."""
+    vae, p = model.vae, model.cfg.video.patch
+    B, N = mb.text.shape[:2]
+    video, audio = vae.encode(mb.resp_frames.to(device), mb.resp_audio.to(device))  # (B, N, Cv, h, w), (B, 4N, Ca)
+    resp_video = patchify(video.flatten(0, 1), p).unflatten(0, (B, N))
+    resp_audio = audio.view(B, N, -1, audio.shape[-1])
+    return Conversation(
+        image=patchify(vae.encode_image(mb.image.to(device)), p),
+        voice=vae.encode_audio(mb.voice.to(device)),
+        persona=torch.cat([model.persona_ids(t) for t in mb.persona]),
+        frames=mb.frames.to(device), audio=mb.audio.to(device), text=mb.text.to(device),
+        resp=Latents(resp_video, resp_audio))
+
+
+def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device: torch.device) -> Conversation:
+    episodes = [conversation(s, model.cfg, "train", r.units, synth=synth) for s in step_seeds(r.seed, step, r.batch)]
+    return to_conversation(model, media_batch(episodes, model.cfg, synth), device)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def train(r: ModelRecipe) -> dict:
+    from tqdm import tqdm
+    torch.set_flush_denormal(True)
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    device = torch.device(r.device)
+    model = load_checkpoint(r.codec, device=device, dtype=torch.float32)
+    torch.manual_seed(r.seed)
+    model.vae.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    step, history, elapsed = resume(r.out, model, opt, device)
+    synth = Synth(r.cache)
+    g = torch.Generator().manual_seed(r.seed)
+    print(f"model: preset {model.cfg.name}, {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters "
+          f"(VAE frozen), {r.batch} conversations of {r.units} units a step")
+    start, last_save = time.monotonic(), time.monotonic()
+    bar = tqdm(total=r.steps, initial=step, desc="model", unit="step")
+    last = min(r.steps, r.stop_after or r.steps)
+    parts: dict[str, float] = {}
+    while step < last and time.monotonic() - start < r.minutes * 60:
+        t0 = time.monotonic()
+        conv = batch_at(model, r, synth, step, device)
+        t_data = time.monotonic() - t0
+        g.manual_seed(r.seed * 1_000_003 + step)  # times and noise of step n: a resume replays none
+        for group in opt.param_groups:
+            group["lr"] = r.lr * lr_scale(step, r.warmup, r.steps)
+        model.vae.eval()
+        text_loss, flow_loss = train_step(model, opt, conv, g)
+        step += 1
+        parts = {"loss": text_loss + flow_loss, "text": text_loss, "flow": flow_loss,
+                 "data_s": t_data, "step_s": time.monotonic() - t0}
+        bar.update(1)
+        bar.set_postfix(text=f"{text_loss:.3f}", flow=f"{flow_loss:.3f}", s=f"{parts['step_s']:.2f}")
+        if step % 10 == 0 or step == 1:
+            history.append({"step": step, **parts, "minutes": (elapsed + time.monotonic() - start) / 60})
+        if time.monotonic() - last_save > r.checkpoint_s:
+            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, CURVES, TITLE)
+            last_save = time.monotonic()
+    bar.close()
+    elapsed += time.monotonic() - start
+    if parts and history[-1]["step"] != step:
+        history.append({"step": step, **parts, "minutes": elapsed / 60})
+    save_run(r.out, r, model, opt, step, history, elapsed, CURVES, TITLE)
+    return finish(r.out, step, history, elapsed)
