@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor
 
 from model.config import FRAMES_PER_UNIT, preset
@@ -32,19 +32,16 @@ from model.data.face import FaceRenderer
 from model.data.speech import Synth
 from model.data.tables import CHARACTERS
 from model.media import frames_to_model
-from model.run import finish, lr_scale, resume, save_run
+from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.speech_corpus import TRAIN_VOICES, corpus
 
 CURVES, TITLE = ("loss", "stft", "mel", "video"), "codec training"
 
 
-class CodecRecipe(BaseModel):
-    """Everything a run depends on; `duplex train --help` lists each field as a flag."""
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    preset: str = Field("demo", description="model preset whose VAE audio path trains")
+class CodecRecipe(RunRecipe):
+    """Everything a codec run depends on (with RunRecipe's fields)."""
+    preset: str = Field("demo", description="model preset whose VAE trains")
     out: Path = Field(Path("runs/codec"), description="run folder: train_state.pt, checkpoint/, loss.png, log.jsonl")
-    cache: Path = Field(Path.home() / ".cache" / "duplex" / "speech",
-                        description="espeak-ng utterances, shared by runs")
     seed: int = Field(0, description="corpus, initial weights and crops")
     utterances: int = Field(1200, description="random sentences (~3.3 s each: ~65 minutes of speech)")
     batch: int = Field(8, description="crops a step")
@@ -57,10 +54,6 @@ class CodecRecipe(BaseModel):
     warmup: int = Field(200, description="warm-up steps")
     steps: int = Field(5400, description="schedule length (44 min on 2 quiet CPU cores at ~0.49 s a step)")
     minutes: float = Field(45.0, description="wall-clock budget of this invocation")
-    stop_after: int | None = Field(None, description="end this invocation at this step (the schedule still spans `steps`)")
-    checkpoint_s: float = Field(180.0, description="seconds between checkpoints")
-    device: str = Field("cpu", description="cpu or cuda")
-    threads: int | None = Field(None, description="torch threads on CPU (default: torch's)")
     vae_width: int | None = Field(None, description="override the preset's audio vae_width (tests: a tiny codec)")
 
 
@@ -135,10 +128,7 @@ def psnr(y: Tensor, x: Tensor) -> float:
 
 def train(r: CodecRecipe) -> dict:
     from tqdm import tqdm
-    torch.set_flush_denormal(True)  # denormals slowed CPU training 2.4x in the feasibility run
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    device = torch.device(r.device)
+    device = r.torch_device()
     cfg = preset(r.preset)
     if r.vae_width:
         cfg = cfg.model_copy(update={"audio": cfg.audio.model_copy(update={"vae_width": r.vae_width})})
@@ -166,13 +156,10 @@ def train(r: CodecRecipe) -> dict:
           f"min of speech at {rate} Hz, crops {length / rate:.2f} s x {r.batch}, faces {frames} frames "
           f"x {r.video_batch}")
 
-    # 4. loop
-    model.train()
-    start, last_ckpt = time.monotonic(), time.monotonic()
-    bar = tqdm(total=r.steps, initial=step, desc="codec", unit="step")
+    # 4. one step; the loop, its saves and its budget are model/run.py's
     window: list[float] = []
-    last = min(r.steps, r.stop_after or r.steps)
-    while step < last and time.monotonic() - start < r.minutes * 60:
+
+    def one_step(step: int) -> dict[str, float]:
         t0 = time.monotonic()
         x = crops(stream, r.seed, step, r.batch, length)
         v = face_clips(x, r.seed, step, r.video_batch, frames, h, w).to(device)
@@ -184,27 +171,14 @@ def train(r: CodecRecipe) -> dict:
         y = vae.decode_video(vae.encode_video(v))
         v_loss = video_loss(y, v)
         loss = loss + v_loss
-        parts |= {"video": v_loss.item(), "psnr_db": psnr(y.detach(), v)}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        step += 1
-        window.append(time.monotonic() - t0)
-        window = window[-20:]
-        speed = r.batch * length / rate / (sum(window) / len(window))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", psnr=f"{parts['psnr_db']:.1f}", audio_x=f"{speed:.1f}")
-        if step % 25 == 0 or step == 1:
-            history.append({"step": step, "loss": loss.item(), **parts, "audio_per_s": speed,
-                            "minutes": (elapsed + time.monotonic() - start) / 60})
-        if time.monotonic() - last_ckpt > r.checkpoint_s:
-            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, CURVES, TITLE)
-            last_ckpt = time.monotonic()
-    bar.close()
-    elapsed += time.monotonic() - start
-    if window and history[-1]["step"] != step:  # the last step, if this invocation ran any
-        history.append({"step": step, "loss": loss.item(), **parts, "audio_per_s": speed,
-                        "minutes": elapsed / 60})
-    save_run(r.out, r, model, opt, step, history, elapsed, CURVES, TITLE)  # 5. the final checkpoint
-    return finish(r.out, step, history, elapsed)
+        window[:] = [*window[-19:], time.monotonic() - t0]
+        return {"loss": loss.item(), **parts, "video": v_loss.item(), "psnr_db": psnr(y.detach(), v),
+                "audio_per_s": r.batch * length / rate / (sum(window) / len(window))}
+
+    model.train()
+    return run_steps(r, model, opt, step, history, elapsed, one_step, ("loss", "psnr_db", "audio_per_s"),
+                     25, CURVES, TITLE)

@@ -18,36 +18,29 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from model.checkpoint import load_checkpoint
 from model.data import MediaBatch, Synth, conversation, media_batch
 from model.duplex import DuplexModel, Latents, patchify
-from model.run import finish, lr_scale, resume, save_run
+from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.train import Conversation, train_step
 
 CURVES, TITLE = ("loss", "text", "flow"), "whole-model training"
 SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
 
 
-class ModelRecipe(BaseModel):
-    """Everything a run depends on; `duplex train --stage model --help` lists each field as a flag."""
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ModelRecipe(RunRecipe):
+    """Everything a whole-model run depends on (with RunRecipe's fields)."""
     codec: Path = Field(Path("checkpoints/demo-codec"), description="checkpoint folder of the codec stage (its VAE is used, frozen)")
     out: Path = Field(Path("runs/model"), description="run folder: train_state.pt, checkpoint/, loss.png, log.jsonl")
-    cache: Path = Field(Path.home() / ".cache" / "duplex" / "speech",
-                        description="espeak-ng utterances, shared by runs")
     seed: int = Field(0, description="conversations, initial weights, solver times and noise")
     units: int = Field(32, description="conversation length in 160 ms units (5.1 s)")
     batch: int = Field(2, description="conversations a step")
     lr: float = Field(3e-4, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
-    warmup: int = Field(100, description="warm-up steps")
     steps: int = Field(4000, description="schedule length")
     minutes: float = Field(120.0, description="wall-clock budget of this invocation")
-    stop_after: int | None = Field(None, description="end this invocation at this step (the schedule still spans `steps`)")
     checkpoint_s: float = Field(300.0, description="seconds between saves")
-    device: str = Field("cpu", description="cpu or cuda")
-    threads: int | None = Field(None, description="torch threads on CPU (default: torch's)")
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -81,11 +74,7 @@ def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device
 # -- the run ----------------------------------------------------------------------------------
 
 def train(r: ModelRecipe) -> dict:
-    from tqdm import tqdm
-    torch.set_flush_denormal(True)
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    device = torch.device(r.device)
+    device = r.torch_device()
     model = load_checkpoint(r.codec, device=device, dtype=torch.float32)
     torch.manual_seed(r.seed)
     model.vae.requires_grad_(False)
@@ -93,35 +82,20 @@ def train(r: ModelRecipe) -> dict:
     opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.9, 0.95), weight_decay=0.01)
     step, history, elapsed = resume(r.out, model, opt, device)
     synth = Synth(r.cache)
-    g = torch.Generator().manual_seed(r.seed)
+    g = torch.Generator()
     print(f"model: preset {model.cfg.name}, {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters "
           f"(VAE frozen), {r.batch} conversations of {r.units} units a step")
-    start, last_save = time.monotonic(), time.monotonic()
-    bar = tqdm(total=r.steps, initial=step, desc="model", unit="step")
-    last = min(r.steps, r.stop_after or r.steps)
-    parts: dict[str, float] = {}
-    while step < last and time.monotonic() - start < r.minutes * 60:
+
+    def one_step(step: int) -> dict[str, float]:
         t0 = time.monotonic()
         conv = batch_at(model, r, synth, step, device)
         t_data = time.monotonic() - t0
         g.manual_seed(r.seed * 1_000_003 + step)  # times and noise of step n: a resume replays none
         for group in opt.param_groups:
             group["lr"] = r.lr * lr_scale(step, r.warmup, r.steps)
-        model.vae.eval()
         text_loss, flow_loss = train_step(model, opt, conv, g)
-        step += 1
-        parts = {"loss": text_loss + flow_loss, "text": text_loss, "flow": flow_loss,
-                 "data_s": t_data, "step_s": time.monotonic() - t0}
-        bar.update(1)
-        bar.set_postfix(text=f"{text_loss:.3f}", flow=f"{flow_loss:.3f}", s=f"{parts['step_s']:.2f}")
-        if step % 10 == 0 or step == 1:
-            history.append({"step": step, **parts, "minutes": (elapsed + time.monotonic() - start) / 60})
-        if time.monotonic() - last_save > r.checkpoint_s:
-            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, CURVES, TITLE)
-            last_save = time.monotonic()
-    bar.close()
-    elapsed += time.monotonic() - start
-    if parts and history[-1]["step"] != step:
-        history.append({"step": step, **parts, "minutes": elapsed / 60})
-    save_run(r.out, r, model, opt, step, history, elapsed, CURVES, TITLE)
-    return finish(r.out, step, history, elapsed)
+        return {"loss": text_loss + flow_loss, "text": text_loss, "flow": flow_loss,
+                "data_s": t_data, "step_s": time.monotonic() - t0}
+
+    return run_steps(r, model, opt, step, history, elapsed, one_step, ("text", "flow", "step_s"),
+                     10, CURVES, TITLE)

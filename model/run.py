@@ -12,15 +12,72 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from model.checkpoint import save_checkpoint
 from model.duplex import DuplexModel
 
 STATE = "train_state.pt"
+
+
+class RunRecipe(BaseModel):
+    """The fields every stage's recipe has (a stage redeclares those whose defaults differ);
+    `duplex train --stage S --help` lists each field as a flag."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    out: Path = Field(Path("runs/run"), description="run folder: train_state.pt, checkpoint/, loss.png, log.jsonl")
+    cache: Path = Field(Path.home() / ".cache" / "duplex" / "speech",
+                        description="espeak-ng utterances, shared by runs")
+    seed: int = Field(0, description="data, initial weights and noise")
+    lr: float = Field(1e-3, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
+    warmup: int = Field(100, description="warm-up steps")
+    steps: int = Field(1000, description="schedule length")
+    minutes: float = Field(60.0, description="wall-clock budget of this invocation")
+    stop_after: int | None = Field(None, description="end this invocation at this step (the schedule still spans `steps`)")
+    checkpoint_s: float = Field(180.0, description="seconds between saves")
+    device: str = Field("cpu", description="cpu or cuda")
+    threads: int | None = Field(None, description="torch threads on CPU (default: torch's)")
+
+    def torch_device(self) -> torch.device:
+        """The run's device, with torch's threads and denormal handling set for it."""
+        torch.set_flush_denormal(True)  # denormals slowed CPU training 2.4x in the feasibility run
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return torch.device(self.device)
+
+
+def run_steps(r: RunRecipe, model: DuplexModel, opt: torch.optim.Optimizer, step: int, history: list[dict],
+              elapsed: float, one_step: Callable[[int], dict[str, float]], shown: tuple[str, ...],
+              log_every: int, curves: tuple[str, ...], title: str) -> dict:
+    """The loop every stage runs: `one_step(step)` (its measurements, "loss" among them) until
+    the schedule, `stop_after` or the invocation's minutes end; a progress bar showing `shown`;
+    the history every `log_every` steps; the run folder saved every `checkpoint_s` and at the
+    end. Returns the run's summary (`finish`)."""
+    from tqdm import tqdm
+    start = last_save = time.monotonic()
+    bar = tqdm(total=r.steps, initial=step, desc=title, unit="step")
+    last = min(r.steps, r.stop_after or r.steps)
+    parts: dict[str, float] = {}
+    while step < last and time.monotonic() - start < r.minutes * 60:
+        parts = one_step(step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{parts[k]:.3f}" for k in shown})
+        if step % log_every == 0 or step == 1:
+            history.append({"step": step, **parts, "minutes": (elapsed + time.monotonic() - start) / 60})
+        if time.monotonic() - last_save > r.checkpoint_s:
+            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, curves, title)
+            last_save = time.monotonic()
+    bar.close()
+    elapsed += time.monotonic() - start
+    if parts and history[-1]["step"] != step:  # the last step, if this invocation ran any
+        history.append({"step": step, **parts, "minutes": elapsed / 60})
+    save_run(r.out, r, model, opt, step, history, elapsed, curves, title)
+    return finish(r.out, step, history, elapsed)
 
 
 def lr_scale(step: int, warmup: int, steps: int) -> float:
