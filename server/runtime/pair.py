@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
@@ -62,6 +63,9 @@ class WorkerPair:
         self._steps: Any = None  # per role: time.monotonic() when its current step began; 0 idle
         self._rendezvous: str | None = None  # the FileStore's folder, removed with the pair
         self.max_heartbeat_age = 0.0
+        # kill() runs from the supervisor's reader (a fault) and from whoever stops the pair;
+        # two at once closed one pipe twice (EBADF, seen in CI)
+        self._kill_lock = threading.Lock()
 
     @property
     def pids(self) -> list[int]:
@@ -148,15 +152,17 @@ class WorkerPair:
         self.kill()
 
     def kill(self) -> None:
-        """SIGKILL whatever still runs (a SIGSTOPped process dies too) and reap it."""
-        for p in self.procs.values():
-            if p.pid is not None and p.exitcode is None:
-                p.kill()
-        for p in self.procs.values():
-            if p.pid is not None:
-                p.join(5.0)
-        for c in self.conns.values():
-            c.close()
-        if self._rendezvous is not None:
-            shutil.rmtree(self._rendezvous, ignore_errors=True)
-            self._rendezvous = None
+        """SIGKILL whatever still runs (a SIGSTOPped process dies too) and reap it; safe to
+        call from two threads at once, and again."""
+        with self._kill_lock:
+            for p in self.procs.values():
+                if p.pid is not None and p.exitcode is None:
+                    p.kill()
+            for p in self.procs.values():
+                if p.pid is not None:
+                    p.join(5.0)
+            for c in self.conns.values():
+                c.close()
+            if self._rendezvous is not None:
+                shutil.rmtree(self._rendezvous, ignore_errors=True)
+                self._rendezvous = None
