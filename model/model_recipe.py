@@ -10,18 +10,23 @@ latents the model learns to make, and decoding them is the codec's job.
 
 Step n trains on the conversations of seeds (seed, n, i), generated on the fly (espeak-ng
 utterances cached on disk by all their parameters), so the data position of a resume is the
-step. The run folder is model/run.py's; its checkpoint holds the whole model, codec included.
+step. A step sees `units` of each `episode_units`-long conversation: its start (the greeting,
+as a call starts) one time in four, else a crop that ends just after one of the character's
+answers (a 32-unit episode from the start is mostly greeting: 2 of 40 held a colour answer's
+colour word). A crop's first window of units has less context than a call would give it, so
+their losses do not count; what follows sees exactly what streaming sees (the window's rule). The run folder is model/run.py's; its checkpoint holds the whole model, codec included.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from model.checkpoint import load_checkpoint
-from model.data import MediaBatch, Synth, conversation, media_batch
+from model.data import Episode, MediaBatch, Synth, conversation, media_batch
 from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.train import Conversation, train_step
@@ -35,7 +40,9 @@ class ModelRecipe(RunRecipe):
     codec: Path = Field(Path("checkpoints/demo-codec"), description="checkpoint folder of the codec stage (its VAE is used, frozen)")
     out: Path = Field(Path("runs/model"), description="run folder: train_state.pt, checkpoint/, loss.png, log.jsonl")
     seed: int = Field(0, description="conversations, initial weights, solver times and noise")
-    units: int = Field(32, description="conversation length in 160 ms units (5.1 s)")
+    units: int = Field(32, description="units a step trains on of each conversation (160 ms each: 5.1 s)")
+    episode_units: int = Field(64, description="conversation length the crops are taken from")
+    p_start: float = Field(0.25, ge=0, le=1, description="how often the crop is a conversation's start")
     batch: int = Field(2, description="conversations a step")
     lr: float = Field(3e-4, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
     steps: int = Field(4000, description="schedule length")
@@ -66,9 +73,27 @@ def to_conversation(model: DuplexModel, mb: MediaBatch, device: torch.device) ->
         resp=Latents(resp_video, resp_audio))
 
 
+def crop_start(e: Episode, units: int, p_start: float) -> int:
+    """Where the step's crop of `e` starts: 0 (a call's start) with probability p_start (or
+    when no answer ends inside), else so that it ends 0-3 units after an answer ends."""
+    rng = np.random.default_rng([e.seed, 0xC5])
+    ends = [t.end_unit for t in e.turns if t.speaker == "character" and t.intent != "greet"
+            and units <= t.end_unit <= e.units]
+    if not ends or rng.random() < p_start:
+        return 0
+    end = min(e.units, ends[int(rng.integers(len(ends)))] + int(rng.integers(0, 4)))
+    return end - units
+
+
 def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device: torch.device) -> Conversation:
-    episodes = [conversation(s, model.cfg, "train", r.units, synth=synth) for s in step_seeds(r.seed, step, r.batch)]
-    return to_conversation(model, media_batch(episodes, model.cfg, synth), device)
+    episodes = [conversation(s, model.cfg, "train", r.episode_units, synth=synth)
+                for s in step_seeds(r.seed, step, r.batch)]
+    starts = [crop_start(e, r.units, r.p_start) for e in episodes]
+    crops = [e.crop(s, r.units) for e, s in zip(episodes, starts)]
+    conv = to_conversation(model, media_batch(crops, model.cfg, synth), device)
+    warm = torch.arange(r.units) >= model.cfg.window_units  # a crop's units with a full window
+    conv.scored = torch.stack([warm | (s == 0) for s in starts]).to(device)
+    return conv
 
 
 # -- the run ----------------------------------------------------------------------------------

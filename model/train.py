@@ -30,6 +30,7 @@ class Conversation:
     audio: Tensor  # (B, N * samples_per_unit) the user's audio
     text: Tensor  # (B, N, k) the avatar's text slots (bytes, PAD when silent): targets
     resp: Latents  # clean response tokens, video (B, N, Rv, Cv p^2), audio (B, N, Ra, Ca)
+    scored: Tensor | None = None  # (B, N) bool: units whose losses count (None: all)
 
     @property
     def units(self) -> int:
@@ -81,8 +82,10 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
     eps = Latents(*(torch.randn(x.shape, generator=generator).to(x) for x in conv.resp))
     x_t = Latents(*(noisy(x0, e, t) for x0, e in zip(conv.resp, eps)))
     logits, v = forward_sequence(model, conv, x_t, t, window)
-    text_loss = F.cross_entropy(logits.flatten(0, 2).float(), conv.text.flatten())
-    return text_loss, flow_loss(v, conv.resp, eps)
+    if conv.scored is None:
+        return F.cross_entropy(logits.flatten(0, 2).float(), conv.text.flatten()), flow_loss(v, conv.resp, eps)
+    ce = F.cross_entropy(logits.flatten(0, 2).float(), conv.text.flatten(), reduction="none")
+    return ce.view(B, N, -1).mean(-1)[conv.scored].mean(), flow_loss(v, conv.resp, eps, conv.scored)
 
 
 def train_step(model: DuplexModel, opt: torch.optim.Optimizer, conv: Conversation,

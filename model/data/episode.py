@@ -8,7 +8,7 @@ while it talks (barge-in), it stops 1-2 units after the onset and listens, then 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -84,6 +84,27 @@ class Episode:
     @property
     def card_colour(self) -> str | None:
         return self.meta["card"]
+
+    def crop(self, start: int, units: int) -> "Episode":
+        """Units [start, start + units) as an episode of their own: media and per-unit labels
+        cut, turns and unit pairs shifted by `start` (those outside dropped)."""
+        if not 0 <= start <= self.units - units or units < 1:
+            raise ValueError(f"crop [{start}, {start + units}) outside the episode's {self.units} units")
+        end, spu = start + units, self.user_audio.shape[1]
+        cut = slice(start, end)
+        inside = lambda u: start <= u < end  # noqa: E731
+        turns = tuple(replace(t, start_sample=t.start_sample - start * spu, end_sample=t.end_sample - start * spu,
+                              start_unit=t.start_unit - start, end_unit=t.end_unit - start)
+                      for t in self.turns if t.start_unit < end and t.end_unit > start)
+        return replace(
+            self, user_frames=self.user_frames[cut], user_audio=self.user_audio[cut],
+            char_frames=self.char_frames[cut], char_audio=self.char_audio[cut], text=self.text[cut],
+            user_speaking=self.user_speaking[cut], char_speaking=self.char_speaking[cut],
+            card=self.card[cut], card_boxes=self.card_boxes[cut], turns=turns,
+            user_stops=tuple(u - start for u in self.user_stops if inside(u)),
+            answers=tuple((a - start, b - start) for a, b in self.answers if inside(a) and inside(b)),
+            barge_ins=tuple((a - start, b - start) for a, b in self.barge_ins if inside(a) and inside(b)),
+            meta={**self.meta, "crop": (start, units)})
 
 
 def _units_of(start: int, end: int, spu: int) -> tuple[int, int]:

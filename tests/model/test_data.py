@@ -212,6 +212,22 @@ def test_character_stops_within_two_units_of_a_barge_in(episodes) -> None:
     assert n >= 2, "no barge-in among the test seeds"
 
 
+def test_a_crop_is_the_episodes_units_with_its_labels_shifted(episodes) -> None:
+    ep = episodes[0]
+    c = ep.crop(10, 20)
+    for k, v in _arrays(ep).items():
+        assert np.array_equal(getattr(c, k), v[10:30]), k
+    spu = ep.user_audio.shape[1]
+    assert all(-20 < t.start_unit < 20 and t.end_unit > 0 for t in c.turns)
+    kept = [t for t in ep.turns if t.start_unit < 30 and t.end_unit > 10]
+    assert [(t.start_unit - 10, t.start_sample - 10 * spu, t.text) for t in kept] == \
+        [(t.start_unit, t.start_sample, t.text) for t in c.turns]
+    assert all(0 <= u < 20 for pair in c.answers + c.barge_ins for u in pair)
+    assert all(0 <= u < 20 for u in c.user_stops)
+    with pytest.raises(ValueError, match="outside"):
+        ep.crop(UNITS - 5, 10)
+
+
 def test_text_slots_carry_the_answer_bytes_while_it_speaks(episodes) -> None:
     for ep in episodes:
         for t in ep.turns:

@@ -11,9 +11,9 @@ import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import tiny
-from model.data import espeak_available
+from model.data import Synth, conversation, espeak_available
 from model.duplex import build_model
-from model.model_recipe import ModelRecipe, train
+from model.model_recipe import ModelRecipe, batch_at, crop_start, step_seeds, train
 from model.run import STATE
 from tests.missing import missing
 
@@ -38,6 +38,29 @@ def test_both_losses_fall_and_the_codec_stays_as_it_was(codec: Path, tmp_path: P
     assert last["flow"] < first["flow"], (first, last)
     before, after = load_checkpoint(codec).vae.state_dict(), load_checkpoint(tmp_path / "checkpoint").vae.state_dict()
     assert all(torch.equal(before[k].half(), after[k]) for k in before)  # shipped in float16
+
+
+def test_a_step_trains_on_answers_and_scores_only_units_with_a_full_window(codec: Path) -> None:
+    """Crops end just after one of the character's answers (or are a conversation's start);
+    the first window of units of a later crop has less context than a call: not scored."""
+    model = load_checkpoint(codec)
+    r = ModelRecipe(codec=codec, units=8, episode_units=24, batch=2)
+    synth, window = Synth(), model.cfg.window_units
+    seen_crop = False
+    for step in range(6):
+        episodes = [conversation(s, model.cfg, "train", 24, synth=synth) for s in step_seeds(0, step, 2)]
+        conv = batch_at(model, r, synth, step, torch.device("cpu"))
+        for e, scored, text in zip(episodes, conv.scored, conv.text):
+            start = crop_start(e, 8, r.p_start)
+            assert torch.equal(text, torch.from_numpy(e.text[start:start + 8]))
+            if start == 0:
+                assert scored.all()
+            else:
+                seen_crop = True
+                ends = [t.end_unit for t in e.turns if t.speaker == "character" and t.intent != "greet"]
+                assert any(0 <= start + 8 - end <= 3 for end in ends), (start, ends)
+                assert not scored[:window].any() and scored[window:].all()
+    assert seen_crop
 
 
 def test_a_killed_run_resumes_where_it_stopped(codec: Path, tmp_path: Path) -> None:
