@@ -43,6 +43,8 @@ class ModelRecipe(RunRecipe):
     units: int = Field(32, description="units a step trains on of each conversation (160 ms each: 5.1 s)")
     episode_units: int = Field(64, description="conversation length the crops are taken from")
     p_start: float = Field(0.25, ge=0, le=1, description="how often the crop is a conversation's start")
+    context_noise: float = Field(0.6, ge=0, le=1, description="the character's speech and face the model "
+                                 "sees as context: up to this share of noise (model/train.py)")
     batch: int = Field(2, description="conversations a step")
     lr: float = Field(3e-4, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
     steps: int = Field(4000, description="schedule length")
@@ -118,7 +120,7 @@ def train(r: ModelRecipe) -> dict:
         g.manual_seed(r.seed * 1_000_003 + step)  # times and noise of step n: a resume replays none
         for group in opt.param_groups:
             group["lr"] = r.lr * lr_scale(step, r.warmup, r.steps)
-        text_loss, flow_loss = train_step(model, opt, conv, g)
+        text_loss, flow_loss = train_step(model, opt, conv, g, r.context_noise)
         return {"loss": text_loss + flow_loss, "text": text_loss, "flow": flow_loss,
                 "data_s": t_data, "step_s": time.monotonic() - t0}
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model.duplex import build_model
-from model.train import losses, train_step
+from model.duplex import Latents
+from model.train import forward_sequence, losses, train_step
 from tests.model.synthetic import make_character, make_conversation
 
 
@@ -32,3 +33,20 @@ def test_training_steps_cut_text_and_flow_losses_by_more_than_half(cfg) -> None:
     text1, flow1 = eval_losses(model, conv)
     assert text1 < 0.5 * text0, (text0, text1)
     assert flow1 < 0.5 * flow0, (flow0, flow1)
+
+
+def test_context_noise_blurs_what_later_units_see_and_nothing_else(cfg) -> None:
+    """Unit 0 sees no resp context: its text logits are the same; unit 1's are not; the flow
+    targets stay the clean latents (the noisy copies are drawn before the context's noise)."""
+    model = build_model(cfg, seed=0).eval()
+    conv = make_conversation(model, make_character(cfg), units=3, batch=1)
+    t = torch.full((1, 3), 0.5)
+    blurred = Latents(*(x + torch.randn_like(x) for x in conv.resp))
+    with torch.no_grad():
+        clean, _ = forward_sequence(model, conv, conv.resp, t, cfg.window_units)
+        noisy_ctx, _ = forward_sequence(model, conv, conv.resp, t, cfg.window_units, blurred)
+        a = losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units, 0.0)
+        b = losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units, 0.6)
+    assert torch.equal(clean[:, 0], noisy_ctx[:, 0])
+    assert not torch.allclose(clean[:, 1], noisy_ctx[:, 1])
+    assert a[0] != b[0] and a[1] != b[1]
