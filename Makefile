@@ -1,4 +1,5 @@
-# duplex: `make run` starts the daemon on http://127.0.0.1:8080 (cpu preset, dummy weights);
+# duplex: `make run` starts the daemon on http://127.0.0.1:8080 (the trained demonstrator,
+# checkpoints/demo; ARGS="--checkpoint dummy" for the cpu preset's seeded weights);
 # `make test` runs the whole suite. Both install what they need into .venv first.
 # Settings: `make run ARGS="--port 9000"`, or DUPLEX_* variables (see README).
 PY ?= python3

@@ -3,6 +3,10 @@
 channel that pings every second, and a record of everything that comes back with arrival times
 (and each frame's pts, for lip-sync). `duplex bench soak` calls with it, and so do the call tests
 (tests/server/call_client.py re-exports it). It starts nothing: the daemon is the caller's to run.
+
+For calls a trained character can answer: `CardCamera` (a hand holding up a coloured card, as
+model/data draws them) and `ScriptedMicrophone` (silence, and what `say` queues), and
+`keep_audio=True` to keep the character's voice (`heard`).
 """
 from __future__ import annotations
 
@@ -44,15 +48,37 @@ class SyntheticCamera(VideoStreamTrack):
         return frame
 
 
-class SyntheticMicrophone(MediaStreamTrack):
+class CardCamera(VideoStreamTrack):
+    """A hand holding up a card of `colour` (None: no card) before a `background`, drawn by
+    model/data/camera.py as the demonstrator's conversations draw the user's camera."""
+
+    def __init__(self, colour: str | None, width: int = 320, height: int = 240,
+                 background: str = "room", seed: int = 0) -> None:
+        from model.data.camera import Camera
+        super().__init__()
+        self._camera = Camera(np.random.default_rng(seed), height, width, background, colour)
+        self._n = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        img, _ = self._camera.frame(self._n)
+        self._n += 1
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class PacedMicrophone(MediaStreamTrack):
+    """48 kHz mono in 20 ms frames, paced like a microphone; `samples(i)` is frame i."""
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
         self._i = 0
         self._t0: float | None = None
-        t = np.arange(MIC_RATE) / MIC_RATE
-        self._tone = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+
+    def samples(self, i: int) -> np.ndarray:
+        raise NotImplementedError
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -60,12 +86,46 @@ class SyntheticMicrophone(MediaStreamTrack):
         if self._t0 is None:
             self._t0 = time.monotonic()
         await asyncio.sleep(max(0.0, self._t0 + self._i * MIC_FRAME / MIC_RATE - time.monotonic()))
-        start = (self._i * MIC_FRAME) % (MIC_RATE - MIC_FRAME)
-        frame = av.AudioFrame.from_ndarray(self._tone[None, start:start + MIC_FRAME], format="s16", layout="mono")
+        frame = av.AudioFrame.from_ndarray(self.samples(self._i)[None], format="s16", layout="mono")
         frame.sample_rate, frame.pts = MIC_RATE, self._i * MIC_FRAME
         frame.time_base = fractions.Fraction(1, MIC_RATE)
         self._i += 1
         return frame
+
+
+class SyntheticMicrophone(PacedMicrophone):
+    """A 220 Hz tone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        t = np.arange(MIC_RATE) / MIC_RATE
+        self._tone = (8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)
+
+    def samples(self, i: int) -> np.ndarray:
+        start = (i * MIC_FRAME) % (MIC_RATE - MIC_FRAME)
+        return self._tone[start:start + MIC_FRAME]
+
+
+class ScriptedMicrophone(PacedMicrophone):
+    """Silence, and what `say` queues."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue = np.zeros(0, np.int16)
+
+    def say(self, x: np.ndarray) -> tuple[float, float]:
+        """Queue `x` (float in [-1, 1] at 48 kHz) after what is queued; (start, end) in
+        time.monotonic() of when the microphone will play it."""
+        pcm = (np.clip(x, -1, 1) * 32767).astype(np.int16)
+        start = time.monotonic() + self._queue.size / MIC_RATE + MIC_FRAME / MIC_RATE
+        self._queue = np.concatenate([self._queue, pcm])
+        return start, start + pcm.size / MIC_RATE
+
+    def samples(self, i: int) -> np.ndarray:
+        out = np.zeros(MIC_FRAME, np.int16)
+        n = min(MIC_FRAME, self._queue.size)
+        out[:n], self._queue = self._queue[:n], self._queue[n:]
+        return out
 
 
 @dataclass
@@ -74,6 +134,7 @@ class Received:
     video_frames: list[np.ndarray] = field(default_factory=list)  # the last few, RGB
     audio: list[tuple[float, int, int]] = field(default_factory=list)  # (arrival, samples, rate)
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    pcm: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival, mono float32): keep_audio
     # (arrival, pts in seconds, unwrapped from the first frame's) per kind: the sender's
     # schedule of each frame, for lip-sync (RTP timestamps start at a random origin per track)
     pts: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"video": [], "audio": []})
@@ -81,14 +142,23 @@ class Received:
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for _, e in self.events if e.get("type") == kind]
 
+    def heard(self, start: float, end: float) -> np.ndarray:
+        """The audio that arrived in [start, end] (monotonic), mono float32 at 48 kHz."""
+        parts = [x for t, x in self.pcm if start <= t <= end]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
 
 class CallClient:
     """`ping`: the page's pings; `data_channel=False`: none at all (a phone bridge, say);
-    `send_media=False`: receive-only (a viewer: no camera, no microphone)."""
+    `send_media=False`: receive-only (a viewer: no camera, no microphone); `tracks`: the
+    camera and microphone to send instead of the synthetic ones; `keep_audio`: keep what the
+    character says (`got.pcm`)."""
 
     def __init__(self, base_url: str, ping: bool = True, data_channel: bool = True,
-                 camera: tuple[int, int] = (320, 240), send_media: bool = True):
+                 camera: tuple[int, int] = (320, 240), send_media: bool = True,
+                 tracks: tuple[MediaStreamTrack, MediaStreamTrack] | None = None, keep_audio: bool = False):
         self.base_url, self.ping, self.camera, self.send_media = base_url, ping, camera, send_media
+        self.tracks, self.keep_audio = tracks, keep_audio
         use_loopback_candidates()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.got = Received()
@@ -104,8 +174,8 @@ class CallClient:
         """Send the offer (its SDP through `edit`) and return the daemon's answer, unapplied."""
         pc = self.pc
         if self.send_media:
-            pc.addTrack(SyntheticCamera(*self.camera))
-            pc.addTrack(SyntheticMicrophone())
+            for track in self.tracks or (SyntheticCamera(*self.camera), SyntheticMicrophone()):
+                pc.addTrack(track)
         else:
             pc.addTransceiver("audio", direction="recvonly")
             pc.addTransceiver("video", direction="recvonly")
@@ -142,6 +212,9 @@ class CallClient:
                     self.got.video_frames = (self.got.video_frames + [frame.to_ndarray(format="rgb24")])[-4:]
                 else:
                     self.got.audio.append((now, frame.samples, frame.sample_rate))
+                    if self.keep_audio:
+                        x = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(1)
+                        self.got.pcm.append((now, (x / 32768).astype(np.float32)))
         except MediaStreamError:
             return
 

@@ -44,10 +44,14 @@ DRAINED = "server draining: this server is going down; call again to reach anoth
 
 
 def model_config(settings: Settings) -> ModelConfig:
-    if settings.checkpoint is None:
-        return preset(settings.preset)
+    if settings.checkpoint_folder is None:
+        return preset(settings.dummy_preset)
     from model.checkpoint import load_config  # safetensors only when a checkpoint is served
-    return load_config(settings.checkpoint)
+    cfg = load_config(settings.checkpoint_folder)
+    if settings.preset is not None and settings.preset != cfg.name:
+        log.warning("--preset %s ignored: serving %s, a checkpoint of preset %s",
+                    settings.preset, settings.checkpoint_folder, cfg.name)
+    return cfg
 
 
 def gpu_memory_used() -> dict[str, int]:
@@ -105,8 +109,9 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
     metrics = Metrics(cfg.name, transport)
     if transport != "gloo":
         metrics.track_gpu_memory(gpu_memory_used)
-    checkpoint = None if settings.checkpoint is None else str(settings.checkpoint)
-    runtime = RuntimeConfig(preset=settings.preset, checkpoint=checkpoint, transport=transport,
+    folder = settings.checkpoint_folder
+    runtime = RuntimeConfig(preset=cfg.name, checkpoint=None if folder is None else str(folder),
+                            transport=transport,
                             threads=settings.threads, backend=settings.backend,
                             cuda_graphs=settings.cuda_graphs, compile=settings.compile,
                             ready_timeout_s=settings.ready_timeout_s)

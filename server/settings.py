@@ -16,6 +16,9 @@ from model.attention import Backend
 from model.config import PRESETS
 
 SHIPPED_CHARACTERS = Path(__file__).parent / "characters"
+# the demonstrator (issue 13's `duplex train --stage model`), served when no weights are named
+SHIPPED_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "demo"
+DUMMY = "dummy"
 
 
 def check_schemes(urls: list[str], schemes: tuple[str, ...], what: str) -> list[str]:
@@ -45,9 +48,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
     port: int = Field(8080, ge=1, le=65535, description="HTTP port")
-    preset: str = Field("cpu", description=f"model preset: {', '.join(PRESETS)}")
-    checkpoint: Path | None = Field(None, description="checkpoint folder (safetensors + config.json); "
-                                                      "unset: seeded dummy weights")
+    preset: str | None = Field(None, description=f"serve seeded dummy weights of this model preset "
+                                                 f"({', '.join(PRESETS)}); unset: the checkpoint")
+    checkpoint: str | None = Field(None, description=(
+        "checkpoint folder (safetensors + config.json; it carries its config, so --preset is then "
+        "ignored), or 'dummy': seeded weights of --preset (cpu if unset); unset: checkpoints/demo, "
+        "the trained demonstrator, unless --preset is given"))
     transport: Literal["auto", "gloo", "ipc", "nccl"] = Field(
         "auto", description="thinker<->performer transport; auto picks from the GPUs present")
     devices: str | None = Field(None, description="GPU indices the workers may use, e.g. '0,1' "
@@ -105,8 +111,8 @@ class Settings(BaseSettings):
 
     @field_validator("preset")
     @classmethod
-    def _known_preset(cls, name: str) -> str:
-        if name not in PRESETS:
+    def _known_preset(cls, name: str | None) -> str | None:
+        if name is not None and name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return name
 
@@ -142,6 +148,17 @@ class Settings(BaseSettings):
                              f"{self.max_call_s:g}: a relayed call would lose its TURN allocation when "
                              f"the credential expires; raise --turn-ttl-s")
         return self
+
+    @property
+    def checkpoint_folder(self) -> Path | None:
+        """The checkpoint served; None: seeded dummy weights of `dummy_preset`."""
+        if self.checkpoint == DUMMY or (self.checkpoint is None and self.preset is not None):
+            return None
+        return SHIPPED_CHECKPOINT if self.checkpoint is None else Path(self.checkpoint)
+
+    @property
+    def dummy_preset(self) -> str:
+        return self.preset or "cpu"
 
     @property
     def loopback(self) -> bool:

@@ -58,9 +58,10 @@ FAKE_MEDIA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-str
 
 
 @asynccontextmanager
-async def chromium(fake_media: bool = True) -> AsyncIterator[Any]:
+async def chromium(fake_media: bool = True, extra_flags: tuple[str, ...] = ()) -> AsyncIterator[Any]:
     """Debian's Chromium, headless, driven by Playwright (never `playwright install`); with a
-    fake camera and microphone whose permission is granted, unless `fake_media` is False."""
+    fake camera and microphone whose permission is granted, unless `fake_media` is False
+    (`extra_flags`, e.g. --use-file-for-fake-video-capture=x.y4m, make them play files)."""
     path = need_binary("/usr/bin/chromium", "chromium")
     try:
         from playwright.async_api import async_playwright
@@ -68,7 +69,7 @@ async def chromium(fake_media: bool = True) -> AsyncIterator[Any]:
         missing("the playwright Python package is missing: pip install playwright (the test extra)")
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=path,
-                                          args=CHROMIUM_FLAGS + (FAKE_MEDIA if fake_media else []))
+                                          args=CHROMIUM_FLAGS + (FAKE_MEDIA if fake_media else []) + list(extra_flags))
         try:
             yield browser
         finally:
@@ -109,13 +110,14 @@ def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout: float = 90.
 
 
 class Daemon:
-    def __init__(self, *args: str, preset: str = "tiny", env: dict[str, str] | None = None):
+    def __init__(self, *args: str, preset: str | None = "tiny", env: dict[str, str] | None = None):
+        """preset None: the daemon's default weights (the shipped checkpoint)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = ARTIFACTS / f"daemon-{self.port}.log"
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--preset", preset, *args]
+               "--port", str(self.port), *(("--preset", preset) if preset else ()), *args]
         full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         self._log = open(self.log, "wb")
         # its own process group, as a daemon started from a terminal: Ctrl-C reaches the group

@@ -2,12 +2,14 @@
 the rule; `duplex serve` exits 2 on a bad one."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from server.frontend.call import rtc_configuration
 from server.serve import main as serve_main
-from server.settings import Settings, parse_settings
+from server.settings import SHIPPED_CHECKPOINT, Settings, parse_settings
 
 
 def test_flags_win_over_the_environment(monkeypatch):
@@ -20,12 +22,26 @@ def test_flags_win_over_the_environment(monkeypatch):
     assert "from-env" not in repr(s), "the token is never printed"
 
 
-def test_the_defaults_serve_the_cpu_preset_on_loopback_8080(monkeypatch):
-    for key in ("DUPLEX_PORT", "DUPLEX_HOST", "DUPLEX_PRESET"):
+def test_the_defaults_serve_the_shipped_checkpoint_on_loopback_8080(monkeypatch):
+    for key in ("DUPLEX_PORT", "DUPLEX_HOST", "DUPLEX_PRESET", "DUPLEX_CHECKPOINT"):
         monkeypatch.delenv(key, raising=False)
     s = parse_settings([])
-    assert (s.host, s.port, s.preset, s.transport, s.max_sessions) == ("127.0.0.1", 8080, "cpu", "auto", 1)
+    assert (s.host, s.port, s.transport, s.max_sessions) == ("127.0.0.1", 8080, "auto", 1)
+    assert s.checkpoint_folder == SHIPPED_CHECKPOINT and (SHIPPED_CHECKPOINT / "model.safetensors").is_file()
     assert s.loopback and s.ice_servers == []
+
+
+@pytest.mark.parametrize("argv, folder, dummy", [
+    pytest.param(["--preset", "tiny"], None, "tiny", id="a-preset-is-dummy-weights"),
+    pytest.param(["--checkpoint", "dummy"], None, "cpu", id="dummy"),
+    pytest.param(["--checkpoint", "dummy", "--preset", "base"], None, "base", id="dummy-base"),
+    pytest.param(["--checkpoint", "runs/x/checkpoint"], "runs/x/checkpoint", "cpu", id="a-folder"),
+    pytest.param(["--checkpoint", "runs/x", "--preset", "base"], "runs/x", "base", id="a-folder-wins"),
+])
+def test_the_weights_served_are_a_checkpoint_or_a_presets_dummy(monkeypatch, argv, folder, dummy):
+    monkeypatch.delenv("DUPLEX_PRESET", raising=False)
+    s = parse_settings(argv)
+    assert (s.checkpoint_folder, s.dummy_preset) == (None if folder is None else Path(folder), dummy)
 
 
 def test_ice_servers_come_as_json_and_become_the_rtc_configuration(monkeypatch):
