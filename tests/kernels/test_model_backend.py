@@ -50,7 +50,8 @@ def test_tiny_model_on_triton_backend_gives_the_reference_outputs(
     conv = make_conversation(net, character, UNITS)  # encoded on CPU, then moved
     net.to(device)
     conv = replace(conv, resp=Latents(*(x.to(device) for x in conv.resp)),
-                   **{f.name: getattr(conv, f.name).to(device) for f in fields(conv) if f.name != "resp"})
+                   **{f.name: v.to(device) for f in fields(conv)
+                      if f.name != "resp" and (v := getattr(conv, f.name)) is not None})
     g = torch.Generator().manual_seed(3)
     noisy = Latents(*(torch.randn(x.shape, generator=g).to(device) for x in conv.resp))
     t = torch.rand(1, UNITS, generator=g).to(device)
