@@ -24,10 +24,12 @@ BACKENDS: tuple[str, ...] = ("reference", "sdpa", "triton")
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, backend: Backend) -> Tensor:
-    """q (B, Hq, Lq, d); k, v (B, Hkv, Lk, d); mask (Lq, Lk) bool or None -> (B, Hq, Lq, d)."""
+    """q (B, Hq, Lq, d); k, v (B, Hkv, Lk, d); mask (Lq, Lk) bool, or (B, 1, 1, Lk) (the keys
+    each batch row's session wrote: a batch whose slots joined apart), or None -> (B, Hq, Lq, d).
+    The Triton kernels take no per-row key mask: such a batch runs through SDPA."""
     if backend == "reference":
         return attention_reference(q, k, v, mask)
-    if backend == "sdpa":
+    if backend == "sdpa" or (backend == "triton" and mask is not None and mask.dim() == 4):
         gqa = q.shape[1] != k.shape[1]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     if backend == "triton":
@@ -40,7 +42,8 @@ def attend_beside(q: Tensor, ck: Tensor, cv: Tensor, k: Tensor, v: Tensor, stale
     """Attention of a chunk to the KV cache and to its own k, v held beside it, not written
     in: equal, to float rounding, to `attend` on the cache with k, v written at the rows
     marked `stale`. q (B, Hq, L, d); ck, cv (B, Hkv, N, d) the cache; k, v (B, Hkv, L, d);
-    stale (N,) bool, True at the rows the chunk's k, v will overwrite (left out here). Plain
+    stale (N,) or (B, N) bool, True at the rows left out here: those the chunk's k, v will
+    overwrite (and, per batch row, those its session did not write). Plain
     PyTorch whatever the backend, one softmax over both parts (a chunk of L > 1 rows with no
     earlier rows beside: SDPA on the cache and k, v concatenated, stale rows masked; else
     batched matmuls around one shared maximum): the compiled path's attention
@@ -51,11 +54,13 @@ def attend_beside(q: Tensor, ck: Tensor, cv: Tensor, k: Tensor, v: Tensor, stale
     if L > 1 and k.shape[2] == L:  # a chunk (no earlier rows beside): one SDPA over cache + chunk
         # (measured ~1.07x on the chunk and resp graphs against the 4 matmuls below; the text
         # slots, 1 query row beside their earlier slots, keep the matmuls)
-        keep = torch.cat([~stale, torch.ones(L, dtype=torch.bool, device=stale.device)])[None]  # (1, N + L)
+        own = torch.ones(*stale.shape[:-1], L, dtype=torch.bool, device=stale.device)
+        keep = torch.cat([~stale, own], -1)
+        keep = keep.view(-1, 1, 1, keep.shape[-1])  # (1 or B, 1, 1, N + L)
         return F.scaled_dot_product_attention(q, torch.cat([ck, k], 2), torch.cat([cv, v], 2),
                                               attn_mask=keep, enable_gqa=Hq != Hkv)
     qg = q.reshape(B, Hkv, (Hq // Hkv) * L, d) * d ** -0.5  # query heads grouped by their kv head
-    s_cache = (qg @ ck.transpose(-1, -2)).masked_fill(stale, float("-inf"))  # (B, Hkv, G L, N)
+    s_cache = (qg @ ck.transpose(-1, -2)).masked_fill(stale.view(-1, 1, 1, stale.shape[-1]), float("-inf"))  # (B, Hkv, G L, N)
     s_own = qg @ k.transpose(-1, -2)  # (B, Hkv, G L, L)
     top = torch.maximum(s_cache.amax(-1, keepdim=True), s_own.amax(-1, keepdim=True))
     p_cache, p_own = (s_cache - top).exp(), (s_own - top).exp()

@@ -39,10 +39,10 @@ class ConvState:
     """
     buffers: list[Tensor]
 
-    def reset(self) -> None:
-        """Back to silence: the next call starts a new clip."""
+    def reset(self, slot: int | None = None) -> None:
+        """Back to silence: the next call starts a new clip (in batch row `slot` only, if given)."""
         for b in self.buffers:
-            b.zero_()
+            (b if slot is None else b[slot]).zero_()
 
 
 class ChannelRMSNorm(nn.Module):

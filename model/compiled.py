@@ -194,6 +194,7 @@ class CompiledSteps:
         tokens, logits, kk, vv = self._text(prev, forced, use, pos, cache, span)
         cache.k.index_copy_(3, span.rows, kk)
         cache.v.index_copy_(3, span.rows, vv)
+        cache.mark(span)  # after: slot j must not see slots > j as written by its session
         cache.advance(start + k)
         return tokens, logits
 
@@ -209,6 +210,7 @@ class CompiledSteps:
         vv, va, k, v = self._resp(z.video, z.audio, t, pos, cache, span)
         cache.k.index_copy_(3, span.rows, k)
         cache.v.index_copy_(3, span.rows, v)
+        cache.mark(span)
         cache.advance(start + L)
         return Latents(vv, va)
 

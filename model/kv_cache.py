@@ -14,6 +14,14 @@ inputs and the physical rows it writes, which a span carries as a device tensor 
 
 What the thinker ships to the performer is `rows(start, end)`; the performer `append`s them.
 Counters are Python ints. Pure PyTorch: no processes, no sockets, no clocks.
+
+A batch of sessions (batch rows are slots) shares the rows' placement: the logical unit is the
+batch's tick, so every slot writes the same physical rows. A slot whose session joins later
+(`reset_slot`, then its own prefill through `slot(b)`) has not written the ring's other rows:
+`written` (B, capacity) records, per slot, the rows its session wrote, and once a slot has
+joined on its own (`masked`) attention follows `written` instead of the prefix. For a session
+that started at tick 0 the two are the same rows: before the ring wraps, the prefix is exactly
+what was written; after, every row.
 """
 from __future__ import annotations
 
@@ -56,10 +64,14 @@ class KVCache:
     unit_rows: int  # U
     window: int  # W unit slots
     length: int = 0  # logical rows written so far (the high-water mark)
+    written: Tensor | None = None  # (B, capacity) bool: rows each slot's session wrote (None: none)
+    masked: bool = False  # a slot joined on its own: attention follows `written`, not the prefix
     row_ids: Tensor = field(init=False)  # (capacity,) int64 0, 1, ...: spans' rows are its slices
 
     def __post_init__(self) -> None:
         self.row_ids = torch.arange(self.capacity, device=self.k.device)
+        if self.written is None:
+            self.written = torch.zeros(self.k.shape[1], self.capacity, dtype=torch.bool, device=self.k.device)
 
     @classmethod
     def empty(cls, lay: UnitLayout, n_layers: int, n_kv_heads: int, head_dim: int, batch: int,
@@ -93,6 +105,11 @@ class KVCache:
         write_at = self.physical(start)  # the chunk never crosses a unit: its rows are contiguous
         return CacheSpan(rows=self.row_ids[write_at:write_at + n], visible=min(end, self.capacity))
 
+    def mark(self, span: CacheSpan) -> None:
+        """The span's rows hold its chunk now, in every slot: called before the chunk attends
+        (the eager forward writes its rows first), or after a compiled one wrote them."""
+        self.written[:, span.rows] = True
+
     def advance(self, end: int) -> None:
         """Called by the owner after a forward that wrote logical rows up to `end`."""
         self.length = max(self.length, end)
@@ -110,9 +127,25 @@ class KVCache:
         idx = torch.tensor([self.physical(i) for i in range(rows.start, rows.end)], device=self.k.device)
         self.k.index_copy_(3, idx, rows.k.to(self.k.dtype))
         self.v.index_copy_(3, idx, rows.v.to(self.v.dtype))
+        self.written[:, idx] = True
         self.advance(rows.end)
 
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()
+        self.written.zero_()
         self.length = 0
+        self.masked = False
+
+    def reset_slot(self, slot: int) -> None:
+        """Empty batch row `slot` for a new session; the other slots go on untouched."""
+        self.k[:, slot].zero_()
+        self.v[:, slot].zero_()
+        self.written[slot] = False
+        self.masked = True
+
+    def slot(self, slot: int) -> "KVCache":
+        """Batch row `slot` as a cache of its own (views: writes land in this cache), empty,
+        for that slot's prefill: the sinks are the same rows at every tick."""
+        return KVCache(k=self.k[:, slot:slot + 1], v=self.v[:, slot:slot + 1], sinks=self.sinks,
+                       unit_rows=self.unit_rows, window=self.window, written=self.written[slot:slot + 1])

@@ -10,6 +10,10 @@ A session starts with prefill(state, character): the character's tokens become t
 
 `Streamer` holds the model and nothing of any session; `SessionState` holds one session's
 KV cache, conv states and counters (Python ints), so one model serves many sessions.
+A state of batch B is B sessions stepped together, one unit clock (`unit` is the batch's
+tick): `prefill` starts all rows at tick 0; `join(state, slot, character)` starts a new session
+in one row at the next tick while the others go on (Moshi's exec mask: a row without a call
+computes and is ignored).
 `Streamer(model, cuda_graphs=True)` runs each step's Transformer forward through CUDA graphs
 once the cache is in steady state (unit_graphs.py); the outputs are those of the eager path.
 `Streamer(model, compile=True)` runs the steady-state steps through torch.compile (compiled.py;
@@ -88,7 +92,9 @@ class Streamer:
              forward: Callable[..., Tensor] | None = None) -> Tensor:
         B, L, _ = x.shape
         t = torch.zeros(B, 1, device=x.device).expand(B, L) if t is None else t  # one time: clean
-        h = (forward or self._forward)(x, t, pos, cache=cache, span=cache.span(start, L))
+        span = cache.span(start, L)
+        cache.mark(span)
+        h = (forward or self._forward)(x, t, pos, cache=cache, span=span)
         cache.advance(start + L)
         return h
 
@@ -124,6 +130,23 @@ class Streamer:
     # -- the steps ------------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, state: SessionState, character: Character) -> None:
+        """Every row of a fresh state starts a session with `character` at tick 0."""
+        self._prefill(state.cache, character, state.last_text.shape[0], state.unit)
+
+    @torch.no_grad()
+    def join(self, state: SessionState, slot: int, character: Character) -> None:
+        """A new session in batch row `slot`, from the batch's next unit `state.unit` on; the
+        other rows go on. Its rows, conv states and text are cleared and its character is
+        prefilled with the sinks' times moved to that unit: RoPE sees only differences of
+        positions, so the session is computed as one started alone (tests/model/test_batch.py)."""
+        state.cache.reset_slot(slot)
+        state.encoder.reset(slot)
+        state.decoder.reset(slot)
+        state.last_text[slot] = BOS
+        self._prefill(state.cache.slot(slot), character, 1, state.unit)
+        state.cache.advance(self.lay.sinks)
+
+    def _prefill(self, cache: KVCache, character: Character, B: int, unit: int) -> None:
         m, cfg = self.model, self.model.cfg
         want_img = (3, cfg.video.height, cfg.video.width)
         want_voice = cfg.character.voice_units * cfg.audio.samples_per_unit
@@ -131,12 +154,11 @@ class Streamer:
             raise ValueError(f"character {character.name!r}: image {tuple(character.image.shape)} "
                              f"and voice {tuple(character.voice.shape)} must be {want_img} and "
                              f"({want_voice},) for preset {cfg.name!r}")
-        B = state.last_text.shape[0]
         image = character.image.to(self._device, self._dtype).expand(B, *want_img)
         voice = character.voice.to(self._device, self._dtype).expand(B, want_voice)
         x = m.embed_sinks(patchify(m.vae.encode_image(image), cfg.video.patch),
                           m.vae.encode_audio(voice), m.persona_ids(character.persona, B))
-        self._run(x, None, self._sinks.to(self._device), state.cache, 0)
+        self._run(x, None, self._pos(self._sinks, unit), cache, 0)
 
     @torch.no_grad()
     def observe(self, state: SessionState, frames: Tensor, audio: Tensor) -> None:

@@ -24,13 +24,15 @@ from model.kv_cache import CacheSpan, KVCache
 def rope_angles(pos: Tensor, split: tuple[int, int, int], theta: float) -> tuple[Tensor, Tensor]:
     """pos (L, 3) float (time, row, col) -> cos, sin (L, head_dim / 2) in fp32.
 
-    Each axis gets its own band of rotary channels (sizes `split`, each even)."""
+    Each axis gets its own band of rotary channels (sizes `split`, each even). The angles are
+    taken in fp64: a batch's unit clock runs for as long as its worker pair does (hours of
+    40 ms frames), where fp32 angles would lose their fractional part."""
     angles = []
     for axis, width in enumerate(split):
-        freqs = theta ** (-torch.arange(0, width, 2, dtype=torch.float32, device=pos.device) / width)
-        angles.append(pos[:, axis:axis + 1].float() * freqs)  # (L, width / 2)
+        freqs = theta ** (-torch.arange(0, width, 2, dtype=torch.float64, device=pos.device) / width)
+        angles.append(pos[:, axis:axis + 1].double() * freqs)  # (L, width / 2)
     a = torch.cat(angles, dim=-1)
-    return a.cos(), a.sin()
+    return a.cos().float(), a.sin().float()
 
 
 def timestep_features(t: Tensor, dim: int) -> Tensor:
@@ -76,13 +78,15 @@ class Attention(nn.Module):
             if prior is not None:  # earlier rows of the unit, held beside too: before the chunk's
                 k, v = torch.cat([prior[0], k], 2), torch.cat([prior[1], v], 2)
             ck, cv = cache.k[layer][:, :, :span.visible], cache.v[layer][:, :, :span.visible]
-            o = attend_beside(q, ck, cv, k, v, stale[:span.visible])
+            o = attend_beside(q, ck, cv, k, v, stale[..., :span.visible])
             return self.wo(o.transpose(1, 2).reshape(B, L, -1))
         if cache is not None:
             ck, cv = cache.k[layer], cache.v[layer]  # (B, Hkv, capacity, d)
             ck.index_copy_(2, span.rows, k)
             cv.index_copy_(2, span.rows, v)
             k, v = ck[:, :, :span.visible], cv[:, :, :span.visible]
+            if cache.masked:  # a batch whose slots joined apart: each sees the rows its session wrote
+                mask = cache.written[:, None, None, :span.visible]
         o = attend(q, k, v, mask, backend)  # (B, Hq, L, d)
         return self.wo(o.transpose(1, 2).reshape(B, L, -1))
 
@@ -158,6 +162,8 @@ class Transformer(nn.Module):
         stale = None
         if held is not None:  # the physical rows the chunk overwrites: not attended in the cache
             stale = torch.zeros(cache.capacity, dtype=torch.bool, device=x.device).index_fill(0, span.rows, True)
+            if cache.masked:  # and, per slot, the rows its session did not write
+                stale = stale | ~cache.written
         for i, block in enumerate(self.blocks):
             x = block(x, mod, cos, sin, mask, self.backend, cache, i, span, held, stale,
                       None if prior is None else prior[i])

@@ -100,7 +100,7 @@ class UnitGraphs:
         self.transformer = transformer
         self.captures = 0  # graphs captured (failed captures not counted)
         self.replays = 0  # forwards served by a replay
-        self._graphs: dict[tuple, _Static] = {}  # (backend, B, L, D) -> graph
+        self._graphs: dict[tuple, _Static] = {}  # (backend, masked, B, L, D) -> graph
         self._cache: weakref.ref[KVCache] | None = None  # the cache the graphs write into
         self._pool: tuple[int, int] | None = None
         device = next(transformer.parameters()).device
@@ -111,7 +111,7 @@ class UnitGraphs:
         if not CudaGraph.supports(x.device) or span.visible != cache.capacity:
             return self.transformer(x, t, pos, cache=cache, span=span)
         self._bind(cache)
-        key = (self.transformer.backend, *x.shape)
+        key = (self.transformer.backend, cache.masked, *x.shape)  # masked: attention reads `written`
         static = self._graphs.get(key)
         if static is None:
             static = self._graphs[key] = _Static.like(x, t, pos, span)
@@ -137,7 +137,7 @@ class UnitGraphs:
         try:
             graph = CudaGraph(run, self._pool)
         except Exception:  # any failure to capture falls back to eager, loudly, once per shape
-            log.warning("CUDA graph capture failed for chunk (backend, B, L, D) = %s; this shape "
+            log.warning("CUDA graph capture failed for chunk (backend, masked, B, L, D) = %s; this shape "
                         "runs eager from now on", key, exc_info=True)
             return None
         self.captures += 1

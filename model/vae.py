@@ -37,9 +37,9 @@ class AVConvState:
     video: ConvState
     audio: ConvState
 
-    def reset(self) -> None:
-        self.video.reset()
-        self.audio.reset()
+    def reset(self, slot: int | None = None) -> None:
+        self.video.reset(slot)
+        self.audio.reset(slot)
 
 
 class VAEEncoderState(AVConvState):
