@@ -180,14 +180,10 @@ def conversation(seed: int, cfg: ModelConfig, split: Split = "train", units: int
     def say_user(intent: Intent) -> tuple[str, np.ndarray]:
         phrases, openers = PHRASES[split][intent], OPENERS[split]
         phrase = openers[int(rng.integers(len(openers)))] + phrases[int(rng.integers(len(phrases)))]
-        pcm, r = synth(phrase, **user)
-        x = speech.trim(speech.resample(pcm / 32768.0, r, rate), 0.01)
-        return phrase, speech.set_level(x, USER_LEVEL_DBFS + gain_db)
+        return phrase, speech.utterance(synth, phrase, rate=rate, level_dbfs=USER_LEVEL_DBFS + gain_db, **user)
 
     def say_char(text: str) -> np.ndarray:
-        pcm, r = synth(text, spec.voice, spec.speed, spec.pitch, 0)
-        x = speech.trim(speech.resample(pcm / 32768.0, r, rate), 0.01)
-        return speech.set_level(x, CHARACTER_LEVEL_DBFS)
+        return speech.utterance(synth, text, spec.voice, rate, CHARACTER_LEVEL_DBFS, spec.speed, spec.pitch)
 
     # --- the plan: the policy, unit by unit ---
     user_audio = np.zeros(total, np.float32)

@@ -42,8 +42,8 @@ def voice_clip(character: str, rate: int, synth: speech.Synth | None = None) -> 
     float32 at `rate`. server/characters/<id>/voice.wav holds it at 24 kHz (16-bit)."""
     spec = CHARACTERS[character]
     synth = synth if synth is not None else speech.Synth()
-    pcm, r = synth(VOICE_TEXT.format(name=spec.name), spec.voice, spec.speed, spec.pitch, 0)
-    return speech.set_level(speech.trim(speech.resample(pcm / 32768.0, r, rate)), CHARACTER_LEVEL_DBFS)
+    return speech.utterance(synth, VOICE_TEXT.format(name=spec.name), spec.voice, rate,
+                            CHARACTER_LEVEL_DBFS, spec.speed, spec.pitch)
 
 
 def voice_reference(character: str, cfg: ModelConfig, synth: speech.Synth | None = None) -> np.ndarray:

@@ -106,6 +106,14 @@ def speak(synth: Synth, text: str, voice: str, rate: int, speed: int = 160, pitc
     return resample(pcm / 32768.0, r, rate)
 
 
+def utterance(synth: Synth, text: str, voice: str, rate: int, level_dbfs: float, speed: int = 160,
+              pitch: int = 50, word_gap: int = 0) -> np.ndarray:
+    """`text` said by `voice` at `rate`, its silences trimmed, at `level_dbfs` (voiced RMS): how
+    a user, a character and a test's caller say things."""
+    pcm, r = synth(text, voice, speed, pitch, word_gap)
+    return set_level(trim(resample(pcm / 32768.0, r, rate), 0.01), level_dbfs)
+
+
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Band-limited resampling by the FFT (the signal is padded with silence at both ends, so
     the circular wrap only touches silence): float32."""

@@ -23,7 +23,7 @@ from bench.conversation_eval import answer_texts, normalise
 from bench.judges import pick, write_wav
 from model.data import COLOUR_NAMES, Synth, espeak_available
 from model.data.camera import Camera
-from model.data.speech import resample, set_level, trim
+from model.data.speech import utterance
 from model.data.tables import CHARACTERS, USER_LEVEL_DBFS
 from tests.missing import missing
 from tests.server.call_helpers import ARTIFACTS, chromium
@@ -50,8 +50,7 @@ def synth() -> Synth:
 
 def spoken(synth: Synth, text: str) -> np.ndarray:
     """`text` in the held-out user voice at 48 kHz, at a user's level."""
-    pcm, rate = synth(text, VOICE, 150, 50, 0)
-    return set_level(trim(resample(pcm / 32768.0, rate, MIC_RATE), 0.01), USER_LEVEL_DBFS)
+    return utterance(synth, text, VOICE, MIC_RATE, USER_LEVEL_DBFS, speed=150)
 
 
 def colours_in(text: str) -> set[str]:
