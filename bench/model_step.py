@@ -7,6 +7,9 @@ steps. With --threads 1 each role's sum is what one core would spend on it (the 
 on separate cores in the daemon). Warm-up units are not counted. JSON goes to bench/results/.
 --compare runs eager and the torch.compile path (model/compiled.py) on one model, unit by
 unit in alternating order, and records both, the speedup, the first compile and the peaks.
+--sessions N runs one session and a batch of N (each joined on its own, as a pair's slots
+are: Streamer.join), alternating unit by unit, and records the cost a unit per session of each
+and the throughput gain of the batch (N units of the single session against one of the batch).
 """
 from __future__ import annotations
 
@@ -62,27 +65,33 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, floa
 
 
 class _Session:
-    """One Streamer, its session and fixed inputs: `unit(n)` runs and times one unit's stages."""
+    """One Streamer, its session(s) and fixed inputs: `unit(n)` runs and times one unit's
+    stages. batch > 1: that many sessions, each joined on its own (a pair's slots)."""
 
-    def __init__(self, model: DuplexModel, device: torch.device, dtype: torch.dtype, **streamer: bool):
+    def __init__(self, model: DuplexModel, device: torch.device, dtype: torch.dtype, batch: int = 1,
+                 **streamer: bool):
         cfg = model.cfg
-        self.device = device
+        self.device, self.batch = device, batch
         self.s = s = Streamer(model, **streamer)
-        self.st = s.new_state()
+        self.st = s.new_state(batch)
         g = torch.Generator(device="cpu").manual_seed(0)
         voice = cfg.character.voice_units * cfg.audio.samples_per_unit
-        s.prefill(self.st, Character("bench", torch.rand(3, cfg.video.height, cfg.video.width, generator=g) * 2 - 1,
-                                     torch.rand(voice, generator=g) * 2 - 1, "bench persona"))
-        self.frames = (torch.rand(1, 4, 3, cfg.video.height, cfg.video.width, generator=g) * 2 - 1).to(device, dtype)
-        self.audio = (torch.rand(1, cfg.audio.samples_per_unit, generator=g) * 2 - 1).to(device, dtype)
+        character = Character("bench", torch.rand(3, cfg.video.height, cfg.video.width, generator=g) * 2 - 1,
+                              torch.rand(voice, generator=g) * 2 - 1, "bench persona")
+        if batch == 1:
+            s.prefill(self.st, character)
+        for slot in range(batch if batch > 1 else 0):
+            s.join(self.st, slot, character)
+        self.frames = (torch.rand(batch, 4, 3, cfg.video.height, cfg.video.width, generator=g) * 2 - 1).to(device, dtype)
+        self.audio = (torch.rand(batch, cfg.audio.samples_per_unit, generator=g) * 2 - 1).to(device, dtype)
 
     def unit(self, n: int) -> tuple[float, ...]:
         """Milliseconds of each stage of unit n, in STAGES order."""
         s, st, device = self.s, self.st, self.device
         _, t_obs = _timed(lambda: s.observe(st, self.frames, self.audio), device)
         _, t_speak = _timed(lambda: s.speak(st), device)
-        noise = s.sample_noise(1, torch.Generator(device=device).manual_seed(n))
-        t_step = torch.full((1,), 0.5, device=device)
+        noise = s.sample_noise(self.batch, torch.Generator(device=device).manual_seed(n))
+        t_step = torch.full((self.batch,), 0.5, device=device)
         _, t_solver = _timed(lambda: s.velocity(st.cache, n, noise, t_step), device)
         z = Latents(*noise)
         _, t_commit = _timed(lambda: s.commit(st, z), device)
@@ -175,6 +184,38 @@ def compare(preset_name: str, device: torch.device, dtype: torch.dtype, units: i
             "paths": paths, "speedup_p50": speedup, "budget_ms": 160}
 
 
+def batched(preset_name: str, device: torch.device, dtype: torch.dtype, units: int, warmup: int,
+            sessions: int, backend: Backend = "sdpa") -> dict:
+    """One session and a batch of `sessions` on one model, eager, each unit run on both in
+    alternating order. The gain: `sessions` units of the one session against one unit of the batch."""
+    cfg = preset(preset_name)
+    model = build_model(cfg, seed=0, device=device, dtype=dtype)
+    model.transformer.backend = backend
+    runs = {1: _Session(model, device, dtype), sessions: _Session(model, device, dtype, batch=sessions)}
+    times = {b: {k: [] for k in STAGES} for b in runs}
+    for n in range(warmup + units):
+        for b, session in list(runs.items())[::1 if n % 2 else -1]:
+            stage_ms = session.unit(n)
+            if n >= warmup:
+                for k, v in zip(STAGES, stage_ms):
+                    times[b][k].append(v)
+    paths = {f"{b}": _summary(t, cfg.flow.steps) for b, t in times.items()}
+    gain = {role: round(sessions * paths["1"]["per_unit_ms"][role]["p50"]
+                        / paths[f"{sessions}"]["per_unit_ms"][role]["p50"], 3)
+            for role in ("thinker", "performer")}
+    return {**_header(preset_name, device, dtype, units, warmup, backend), "bench": "model-step-sessions",
+            "sessions": sessions, "paths": paths, "throughput_gain_p50": gain, "budget_ms": 160}
+
+
+def _print_batched(result: dict) -> None:
+    n = result["sessions"]
+    one, many, gain = result["paths"]["1"], result["paths"][f"{n}"], result["throughput_gain_p50"]
+    print(f"  {'':<12} {'1 session p50':>14}  {f'{n} sessions p50':>15}  {'per session':>11}  throughput gain")
+    for role in ("thinker", "performer"):
+        a, b = one["per_unit_ms"][role]["p50"], many["per_unit_ms"][role]["p50"]
+        print(f"  {role:<12} {a:14.2f}  {b:15.2f}  {b / n:11.2f}  {gain[role]:6.2f}x")
+
+
 def _print_compare(result: dict) -> None:
     eager, fast, up = result["paths"]["eager"], result["paths"]["compiled"], result["speedup_p50"]
     before = result["compile_cache_files_before"]
@@ -207,6 +248,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--compare", action="store_true",
                    help="eager and --compile side by side, interleaved unit by unit, with the speedup, "
                         "the first compile's seconds and the device's measured peaks")
+    p.add_argument("--sessions", type=int, default=None,
+                   help="one session and a batch of N side by side, interleaved unit by unit (eager)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON record")
     args = p.parse_args(argv)
@@ -217,11 +260,16 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     if args.cuda_graphs and (args.compile or args.compare):
         p.error("--cuda-graphs and --compile/--compare: pick one fast path")
+    if args.sessions is not None and (args.sessions < 2 or args.cuda_graphs or args.compile or args.compare):
+        p.error("--sessions N: N >= 2, eager (without --cuda-graphs, --compile or --compare)")
     steady = args.cuda_graphs or args.compile or args.compare  # fast paths start at unit W
     warmup = args.warmup if args.warmup is not None else (
         preset(args.preset).layout.window_units + 5 if steady else 5)
     bench = "model-step-compare" if args.compare else "model-step"
-    if args.compare:
+    if args.sessions:
+        bench = f"model-step-sessions{args.sessions}"
+        result = batched(args.preset, device, dtype, args.units, warmup, args.sessions, args.backend)
+    elif args.compare:
         result = compare(args.preset, device, dtype, args.units, warmup, args.backend)
     else:
         result = run(args.preset, device, dtype, args.units, warmup, args.backend, args.cuda_graphs,
@@ -234,8 +282,8 @@ def main(argv: list[str]) -> int:
         return 0
     print(f"{bench}  preset={args.preset}  device={result['device']}  dtype={result['dtype']}  "
           f"threads={result['threads']}  units={args.units}  commit={result['commit']}")
-    if args.compare:
-        _print_compare(result)
+    if args.compare or args.sessions:
+        (_print_batched if args.sessions else _print_compare)(result)
         print(f"  written: {args.out / name}")
         return 0
     for k, v in result["stages_ms"].items():
