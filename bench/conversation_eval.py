@@ -313,7 +313,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/...)")
     args = p.parse_args(argv)
     result, (ep, played), cfg = evaluate(args.checkpoint, args.conversations, args.units, args.rungs, args.oracle)
-    result["host"] = platform.node()
+    from bench.model_step import device_name, git_commit
+    result.update(host=platform.node(), device=device_name(torch.device("cpu")), commit=git_commit())
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print_table(result)
     stem = f"{datetime.now(timezone.utc):%Y-%m-%d_%H%M}_eval-model_{result['preset']}{'_oracle' if args.oracle else ''}"
