@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ test: install
 
 bench: install
 	$(BIN)/duplex bench model-step --preset cpu --threads 1
+
+# on a GPU machine: every GPU test and bench in one run of at most 8 minutes (bench/gpu_check.py)
+gpu-check: install
+	$(BIN)/duplex bench gpu-check $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels`,
+"""The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels|soak|gpu-check`,
 `train` (the demonstrator, staged), `codec` (a file through a checkpoint's codec), `eval codec|model`.
 
 Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
@@ -9,7 +9,8 @@ import argparse
 import importlib
 import sys
 
-BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels", "soak": "bench.soak"}
+BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels", "soak": "bench.soak",
+           "gpu-check": "bench.gpu_check"}
 EVALS = {"codec": "bench.codec", "model": "bench.conversation_eval"}
 
 
