@@ -24,7 +24,7 @@ from bench.judges import pick, write_wav
 from model.data import COLOUR_NAMES, Synth, espeak_available
 from model.data.camera import Camera
 from model.data.speech import utterance
-from model.data.tables import CHARACTERS, USER_LEVEL_DBFS
+from model.data.tables import USER_LEVEL_DBFS
 from tests.missing import missing
 from tests.server.call_helpers import ARTIFACTS, chromium
 
@@ -128,27 +128,27 @@ async def test_aiortc_caller_hears_the_right_answer(daemon, synth):
 
 
 async def test_an_answer_stops_when_the_user_talks_over_it(daemon, synth):
-    """The user asks how it is, then asks about the card while it answers: the answer stops
-    (no captions, no voice) while the user speaks, and is never finished."""
+    """The user asks how it is, then asks about the card while it answers: its voice and its
+    captions stop while the user speaks. (Its captions may hold the whole answer already: an
+    answer's text runs up to 3 units ahead of its voice.)"""
     mic = ScriptedMicrophone()
     client = CallClient(daemon.url, tracks=(CardCamera("red"), mic), keep_audio=True)
-    small_talk = CHARACTERS["ada"].small_talk
     await client.call(character="ada")
     try:
         await client.wait_media()
         await asyncio.sleep(GREETING_S)
         _, asked = mic.say(spoken(synth, SMALL_TALK_QUESTION))
-        answering = await until_caption(client, asked, 3.0)
-        await asyncio.sleep(0.5)
+        await until_caption(client, asked, 3.0)
+        await asyncio.sleep(0.3)
         onset, done = mic.say(spoken(synth, "what is the colour of the card I hold, tell me"))
         await asyncio.sleep(done - time.monotonic() + 4.0)
+        talking = client.got.heard(onset - 0.4, onset)
         # it stops 1-2 units after the onset; what it said then reaches the page within ~0.5 s
         during = captions_between(client, onset + STOPPED_S, done)
         quiet = client.got.heard(onset + STOPPED_S, done)
-        everything = captions_between(client, answering, time.monotonic())
     finally:
         await client.hangup()
-    assert not any(normalise(s) in normalise(everything) for s in small_talk), f"it finished: {everything!r}"
+    assert talking.size and np.sqrt(np.mean(talking ** 2)) > 0.01, "it was not talking when the user cut in"
     assert during == "", f"it went on talking over the user: {during!r}"
     assert quiet.size > 0.5 * MIC_RATE and np.sqrt(np.mean(quiet ** 2)) < 0.01, "its voice went on over the user's"
 
