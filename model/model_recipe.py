@@ -15,6 +15,12 @@ as a call starts) one time in four, else a crop that ends just after one of the 
 answers (a 32-unit episode from the start is mostly greeting: 2 of 40 held a colour answer's
 colour word). A crop's first window of units has less context than a call would give it, so
 their losses do not count; what follows sees exactly what streaming sees (the window's rule). The run folder is model/run.py's; its checkpoint holds the whole model, codec included.
+
+`probe_weight` adds model/train.py's Probes: the card's colour, the user's voice and the intent
+being answered, read off the model's states at every unit (labels the episodes carry). Without
+them the shipped run (1300 steps) spoke whole sentences but chose them regardless of the
+question and the card. A new run first trains the encoder's video branch with the card probe
+alone on camera frames for `card_steps` (a minute or two: whole-model steps see few cards).
 """
 from __future__ import annotations
 
@@ -23,15 +29,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
+from torch import Tensor
 
 from model.checkpoint import load_checkpoint
-from model.data import Episode, MediaBatch, Synth, conversation, media_batch
+from model.config import FRAMES_PER_UNIT, ModelConfig
+from model.data import COLOUR_NAMES, Episode, MediaBatch, Synth, conversation, media_batch
+from model.data.camera import Camera
+from model.data.episode import P_NO_CARD
+from model.data.media import video_tensor
+from model.data.tables import BACKGROUNDS, INTENTS
 from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
-from model.train import Conversation, train_step
+from model.train import Conversation, Labels, Probes, train_step
 
-CURVES, TITLE = ("loss", "text", "flow"), "whole-model training"
+CURVES, TITLE = ("loss", "text", "flow", "card", "speaking", "intent"), "whole-model training"
 SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
 
 
@@ -43,6 +56,10 @@ class ModelRecipe(RunRecipe):
     units: int = Field(32, description="units a step trains on of each conversation (160 ms each: 5.1 s)")
     episode_units: int = Field(64, description="conversation length the crops are taken from")
     p_start: float = Field(0.25, ge=0, le=1, description="how often the crop is a conversation's start")
+    probe_weight: float = Field(0.5, ge=0, description="weight of the Probes' losses (model/train.py; 0: none)")
+    card_steps: int = Field(800, ge=0, description="a new run's warm-up: the video encoder and the card probe "
+                            "alone, on camera frames (needs probe_weight > 0)")
+    card_batch: int = Field(32, description="one-unit camera clips a warm-up step")
     context_noise: float = Field(0.6, ge=0, le=1, description="the character's speech and face the model "
                                  "sees as context: up to this share of noise (model/train.py)")
     batch: int = Field(2, description="conversations a step")
@@ -75,6 +92,54 @@ def to_conversation(model: DuplexModel, mb: MediaBatch, device: torch.device) ->
         resp=Latents(resp_video, resp_audio))
 
 
+def labels(episodes: list[Episode]) -> Labels:
+    """The Probes' targets of episodes (crops) of one length. The intent of a user turn labels
+    the units from its end to the next user turn's start: the answer is chosen and said there.
+    A unit none of whose frames shows the card is labelled "no card"."""
+    N = episodes[0].units
+    intent = torch.full((len(episodes), N), -1, dtype=torch.long)
+    for b, e in enumerate(episodes):
+        asked = [t for t in e.turns if t.speaker == "user"]
+        for t, nxt in zip(asked, asked[1:] + [None]):
+            end = N if nxt is None else nxt.start_unit
+            intent[b, max(0, t.end_unit):max(0, min(N, end))] = INTENTS.index(t.intent)
+    card = torch.tensor(np.stack([e.card for e in episodes]), dtype=torch.long)
+    seen = torch.tensor(np.stack([(e.card_boxes[..., 0] >= 0).any(1) for e in episodes]))
+    return Labels(card=torch.where((card >= 0) & seen, card, len(COLOUR_NAMES)),
+                  speaking=torch.tensor(np.stack([e.user_speaking for e in episodes]), dtype=torch.float32),
+                  intent=intent)
+
+
+def camera_clips(cfg: ModelConfig, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
+    """n one-unit clips of the user's camera as conversations draw it (train backgrounds, a card
+    or, one time in five, none; a random moment): frames (n, 4, 3, H, W) and card labels (n,)."""
+    clips, cards = [], []
+    for _ in range(n):
+        card = None if rng.random() < P_NO_CARD else COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
+        background = BACKGROUNDS["train"][int(rng.integers(len(BACKGROUNDS["train"])))]
+        cam, i0 = Camera(rng, cfg.video.height, cfg.video.width, background, card), int(rng.integers(0, 300))
+        clips.append(video_tensor(np.stack([cam.frame(i0 + j)[0] for j in range(FRAMES_PER_UNIT)])[None]))
+        cards.append(len(COLOUR_NAMES) if card is None else COLOUR_NAMES.index(card))
+    return torch.stack(clips), torch.tensor(cards)
+
+
+def warm_up_card(model: DuplexModel, probes: Probes, r: ModelRecipe, device: torch.device) -> list[float]:
+    """`card_steps` steps of the video encoder and the card probe alone (their own optimiser);
+    returns the losses."""
+    video = model.encoder.video
+    opt = torch.optim.AdamW(list(video.parameters()) + list(probes.card.parameters()), lr=1e-3)
+    rng, curve = np.random.default_rng([r.seed, 0xCA4D]), []
+    for _ in range(r.card_steps):
+        frames, cards = camera_clips(model.cfg, rng, r.card_batch)
+        tokens = video(frames.to(device))[:, 0].flatten(2).transpose(1, 2)  # (n, Ov, obs_dim)
+        loss = F.cross_entropy(probes.card_logits(tokens), cards.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.append(loss.item())
+    return curve
+
+
 def crop_start(e: Episode, units: int, p_start: float) -> int:
     """Where the step's crop of `e` starts: 0 (a call's start) with probability p_start (or
     when no answer ends inside), else so that it ends 0-3 units after an answer ends."""
@@ -95,6 +160,7 @@ def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device
     conv = to_conversation(model, media_batch(crops, model.cfg, synth), device)
     warm = torch.arange(r.units) >= model.cfg.window_units  # a crop's units with a full window
     conv.scored = torch.stack([warm | (s == 0) for s in starts]).to(device)
+    conv.labels = Labels(*(x.to(device) for x in vars(labels(crops)).values()))
     return conv
 
 
@@ -105,9 +171,17 @@ def train(r: ModelRecipe) -> dict:
     model = load_checkpoint(r.codec, device=device, dtype=torch.float32)
     torch.manual_seed(r.seed)
     model.vae.requires_grad_(False)
+    probes = Probes(model.cfg).to(device) if r.probe_weight > 0 else None
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=r.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    step, history, elapsed = resume(r.out, model, opt, device)
+    opt = torch.optim.AdamW(params + ([] if probes is None else list(probes.parameters())),
+                            lr=r.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    step, history, elapsed = resume(r.out, model, opt, device, probes)
+    if step == 0 and probes is not None and r.card_steps:
+        t0 = time.monotonic()
+        curve = warm_up_card(model, probes, r, device)
+        elapsed += time.monotonic() - t0
+        print(f"card warm-up: {r.card_steps} steps, loss {np.mean(curve[:10]):.3f} -> {np.mean(curve[-10:]):.3f} "
+              f"({elapsed / 60:.1f} min)")
     synth = Synth(r.cache)
     g = torch.Generator()
     print(f"model: preset {model.cfg.name}, {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters "
@@ -120,9 +194,10 @@ def train(r: ModelRecipe) -> dict:
         g.manual_seed(r.seed * 1_000_003 + step)  # times and noise of step n: a resume replays none
         for group in opt.param_groups:
             group["lr"] = r.lr * lr_scale(step, r.warmup, r.steps)
-        text_loss, flow_loss = train_step(model, opt, conv, g, r.context_noise)
-        return {"loss": text_loss + flow_loss, "text": text_loss, "flow": flow_loss,
+        parts = train_step(model, opt, conv, g, r.context_noise, probes, r.probe_weight)
+        return {"loss": parts["text"] + parts["flow"], **parts,
                 "data_s": t_data, "step_s": time.monotonic() - t0}
 
-    return run_steps(r, model, opt, step, history, elapsed, one_step, ("text", "flow", "step_s"),
-                     10, CURVES, TITLE)
+    shown = ("text", "flow", "card", "intent", "step_s") if probes is not None else ("text", "flow", "step_s")
+    return run_steps(r, model, opt, step, history, elapsed, one_step, shown, 10,
+                     CURVES if probes is not None else CURVES[:3], TITLE, probes)

@@ -1,8 +1,8 @@
 """`duplex train --stage codec|model`, and what every stage shares: the learning-rate schedule, the run folder (a
 resumable state, the shipped checkpoint, a loss curve, a log line a run), and a recipe's flags.
 
-A run folder holds `train_state.pt` (model, optimiser, step, torch RNG, loss history, minutes
-trained, the recipe), `checkpoint/` (model/checkpoint.py, float16: the form that ships) and
+A run folder holds `train_state.pt` (model, training-only heads if the stage has any,
+optimiser, step, torch RNG, loss history, minutes trained, the recipe), `checkpoint/` (model/checkpoint.py, float16: the form that ships) and
 `loss.png`. Every stage draws step n's data from generators seeded by (seed, n), so the data
 position of a resume is the step, and a killed run started again with the same folder
 continues where its last save stopped.
@@ -52,11 +52,12 @@ class RunRecipe(BaseModel):
 
 def run_steps(r: RunRecipe, model: DuplexModel, opt: torch.optim.Optimizer, step: int, history: list[dict],
               elapsed: float, one_step: Callable[[int], dict[str, float]], shown: tuple[str, ...],
-              log_every: int, curves: tuple[str, ...], title: str) -> dict:
+              log_every: int, curves: tuple[str, ...], title: str, heads: torch.nn.Module | None = None) -> dict:
     """The loop every stage runs: `one_step(step)` (its measurements, "loss" among them) until
     the schedule, `stop_after` or the invocation's minutes end; a progress bar showing `shown`;
     the history every `log_every` steps; the run folder saved every `checkpoint_s` and at the
-    end. Returns the run's summary (`finish`)."""
+    end (with `heads`, training-only weights kept in the run's state, not in its checkpoint).
+    Returns the run's summary (`finish`)."""
     from tqdm import tqdm
     start = last_save = time.monotonic()
     bar = tqdm(total=r.steps, initial=step, desc=title, unit="step")
@@ -70,13 +71,13 @@ def run_steps(r: RunRecipe, model: DuplexModel, opt: torch.optim.Optimizer, step
         if step % log_every == 0 or step == 1:
             history.append({"step": step, **parts, "minutes": (elapsed + time.monotonic() - start) / 60})
         if time.monotonic() - last_save > r.checkpoint_s:
-            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, curves, title)
+            save_run(r.out, r, model, opt, step, history, elapsed + time.monotonic() - start, curves, title, heads)
             last_save = time.monotonic()
     bar.close()
     elapsed += time.monotonic() - start
     if parts and history[-1]["step"] != step:  # the last step, if this invocation ran any
         history.append({"step": step, **parts, "minutes": elapsed / 60})
-    save_run(r.out, r, model, opt, step, history, elapsed, curves, title)
+    save_run(r.out, r, model, opt, step, history, elapsed, curves, title, heads)
     return finish(r.out, step, history, elapsed)
 
 
@@ -89,25 +90,29 @@ def lr_scale(step: int, warmup: int, steps: int) -> float:
 
 
 def save_run(out: Path, recipe: BaseModel, model: DuplexModel, opt: torch.optim.Optimizer, step: int,
-             history: list[dict], elapsed: float, curves: tuple[str, ...], title: str) -> None:
+             history: list[dict], elapsed: float, curves: tuple[str, ...], title: str,
+             heads: torch.nn.Module | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (STATE + ".tmp")
     torch.save({"recipe": recipe.model_dump(mode="json"), "model": model.state_dict(),
                 "opt": opt.state_dict(), "step": step, "rng": torch.get_rng_state(),
-                "history": history, "elapsed": elapsed}, tmp)
+                "history": history, "elapsed": elapsed,
+                "heads": None if heads is None else heads.state_dict()}, tmp)
     tmp.replace(out / STATE)
     save_checkpoint(model, out / "checkpoint", dtype=torch.float16)  # the shipped form: half the bytes
     plot_losses(history, curves, out / "loss.png", title)
 
 
-def resume(out: Path, model: DuplexModel, opt: torch.optim.Optimizer,
-           device: torch.device) -> tuple[int, list[dict], float]:
-    """(step, history, minutes trained in seconds) of the run in `out`, loaded into model and
-    opt; (0, [], 0.0) for a new run."""
+def resume(out: Path, model: DuplexModel, opt: torch.optim.Optimizer, device: torch.device,
+           heads: torch.nn.Module | None = None) -> tuple[int, list[dict], float]:
+    """(step, history, minutes trained in seconds) of the run in `out`, loaded into model,
+    heads and opt; (0, [], 0.0) for a new run."""
     if not (out / STATE).exists():
         return 0, [], 0.0
     state = torch.load(out / STATE, map_location=device, weights_only=False)
     model.load_state_dict(state["model"])
+    if heads is not None:
+        heads.load_state_dict(state["heads"])
     opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"])
     print(f"resumed {out / STATE} at step {state['step']} ({state['elapsed'] / 60:.1f} min trained)")

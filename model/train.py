@@ -10,20 +10,37 @@ share of noise) while the targets stay clean: in a call that context is the mode
 samples, and a model that read its next text bytes off the exact speech of the units before
 (teacher-forced byte accuracy 95 %, its own speech in context: babble) must learn to read its
 text instead.
+
+`Probes` are training-only heads (not in the checkpoint) that read the user's side off the
+model's states, from labels the episodes carry: the card's colour off the encoder's video
+tokens (their maximum over the grid: in their mean a small card is lost, and a probe on it
+did not learn), the user's voice off its audio tokens, the intent of the question being answered off the
+first text slot. The text loss reaches intent and colour only through a few answer bytes; the
+probes give both a dense signal at every unit.
 Pure PyTorch: no processes, no sockets, no clocks.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from model.config import BOS
+from model.config import BOS, ModelConfig
+from model.data.tables import COLOUR_NAMES, INTENTS
 from model.duplex import DuplexModel, Latents
 from model.flow import flow_loss, noisy, sample_train_time
 from model.layout import block_causal_mask, sequence_meta
+
+
+@dataclass
+class Labels:
+    """What the user shows and says, per unit: the Probes' targets."""
+    card: Tensor  # (B, N) int64 index in COLOUR_NAMES, len(COLOUR_NAMES) when no card is shown
+    speaking: Tensor  # (B, N) float 1.0 where the user's voice is in the unit
+    intent: Tensor  # (B, N) int64 index in INTENTS of the user turn being answered, -1 elsewhere
 
 
 @dataclass
@@ -37,6 +54,7 @@ class Conversation:
     text: Tensor  # (B, N, k) the avatar's text slots (bytes, PAD when silent): targets
     resp: Latents  # clean response tokens, video (B, N, Rv, Cv p^2), audio (B, N, Ra, Ca)
     scored: Tensor | None = None  # (B, N) bool: units whose losses count (None: all)
+    labels: Labels | None = None  # the Probes' targets (None: no probe losses)
 
     @property
     def units(self) -> int:
@@ -51,11 +69,18 @@ def text_inputs(text: Tensor) -> Tensor:
     return shifted.view_as(text)
 
 
+class Outputs(NamedTuple):
+    logits: Tensor  # (B, N, k, V) text logits
+    velocity: Latents  # of the noisy copies, like conv.resp
+    obs_video: Tensor  # (B, N, Ov, obs_dim) the encoder's video tokens
+    obs_audio: Tensor  # (B, N, Oa, obs_dim) its audio tokens
+    first_text: Tensor  # (B, N, D) final hidden state of each unit's first text slot
+
+
 def forward_sequence(model: DuplexModel, conv: Conversation, noisy_resp: Latents, t: Tensor,
-                     window: int | None, context: Latents | None = None) -> tuple[Tensor, Latents]:
+                     window: int | None, context: Latents | None = None) -> Outputs:
     """Offline forward. noisy_resp like conv.resp; t (B, N) solver times of the noisy copies;
-    context: the resp tokens later units see (None: conv.resp).
-    Returns text logits (B, N, k, V) and velocities of the noisy copies (like conv.resp)."""
+    context: the resp tokens later units see (None: conv.resp)."""
     lay, N = model.layout, conv.units
     B = conv.text.shape[0]
     obs_v, obs_a = model.encoder(conv.frames, conv.audio)  # (B, N, Ov, F), (B, 4N, F)
@@ -78,12 +103,40 @@ def forward_sequence(model: DuplexModel, conv: Conversation, noisy_resp: Latents
     h_units = h[:, lay.sinks:].view(B, N, lay.unit + lay.resp, -1)
     logits = model.text_logits(h_units[:, :, lay.obs:lay.obs + lay.text])
     v = [model.velocity(h_units[:, n, lay.unit:]) for n in range(N)]
-    return logits, Latents(torch.stack([x.video for x in v], 1), torch.stack([x.audio for x in v], 1))
+    return Outputs(logits, Latents(torch.stack([x.video for x in v], 1), torch.stack([x.audio for x in v], 1)),
+                   obs_v, obs_a, h_units[:, :, lay.obs])
+
+
+class Probes(nn.Module):
+    """Linear heads on the model's states, for training only (see the module's docstring)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.card = nn.Linear(cfg.obs_dim, len(COLOUR_NAMES) + 1)
+        self.speaking = nn.Linear(cfg.obs_dim, 1)
+        self.intent = nn.Linear(cfg.transformer.dim, len(INTENTS))
+
+    def card_logits(self, obs_video: Tensor) -> Tensor:
+        """Video tokens (..., Ov, obs_dim) -> logits of COLOUR_NAMES and "no card" (..., C + 1)."""
+        return self.card(obs_video.amax(-2))
+
+    def losses(self, out: Outputs, labels: Labels, scored: Tensor | None) -> dict[str, Tensor]:
+        """Cross-entropies of the card, the user's voice and the intent, over scored units."""
+        keep = torch.ones_like(labels.card, dtype=torch.bool) if scored is None else scored
+        card = F.cross_entropy(self.card_logits(out.obs_video)[keep], labels.card[keep])
+        speaking = F.binary_cross_entropy_with_logits(
+            self.speaking(out.obs_audio).squeeze(-1).mean(-1)[keep], labels.speaking[keep])
+        asked = keep & (labels.intent >= 0)
+        intent = F.cross_entropy(self.intent(out.first_text)[asked], labels.intent[asked]) if asked.any() \
+            else out.first_text.sum() * 0
+        return {"card": card, "speaking": speaking, "intent": intent}
 
 
 def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | None = None,
-           window: int | None = None, context_noise: float = 0.0) -> tuple[Tensor, Tensor]:
-    """(text cross-entropy, flow-matching MSE) with fresh times and noise for every unit."""
+           window: int | None = None, context_noise: float = 0.0,
+           probes: Probes | None = None) -> dict[str, Tensor]:
+    """Text cross-entropy ("text"), flow-matching MSE ("flow") with fresh times and noise for
+    every unit, and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
     B, N = conv.text.shape[:2]
     dev = conv.text.device
     t = sample_train_time(B * N, model.cfg.flow.shift, generator).view(B, N).to(dev)
@@ -93,20 +146,27 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
     if context_noise > 0:
         s = (torch.rand(B, N, generator=generator) * context_noise).to(dev)
         context = Latents(*(noisy(x0, torch.randn(x0.shape, generator=generator).to(x0), s) for x0 in conv.resp))
-    logits, v = forward_sequence(model, conv, x_t, t, window, context)
-    if conv.scored is None:
-        return F.cross_entropy(logits.flatten(0, 2).float(), conv.text.flatten()), flow_loss(v, conv.resp, eps)
-    ce = F.cross_entropy(logits.flatten(0, 2).float(), conv.text.flatten(), reduction="none")
-    return ce.view(B, N, -1).mean(-1)[conv.scored].mean(), flow_loss(v, conv.resp, eps, conv.scored)
+    out = forward_sequence(model, conv, x_t, t, window, context)
+    ce = F.cross_entropy(out.logits.flatten(0, 2).float(), conv.text.flatten(), reduction="none")
+    ce = ce.view(B, N, -1).mean(-1)
+    parts = {"text": ce.mean() if conv.scored is None else ce[conv.scored].mean(),
+             "flow": flow_loss(out.velocity, conv.resp, eps, conv.scored)}
+    if probes is not None and conv.labels is not None:
+        parts |= probes.losses(out, conv.labels, conv.scored)
+    return parts
 
 
 def train_step(model: DuplexModel, opt: torch.optim.Optimizer, conv: Conversation,
-               generator: torch.Generator | None = None, context_noise: float = 0.0) -> tuple[float, float]:
+               generator: torch.Generator | None = None, context_noise: float = 0.0,
+               probes: Probes | None = None, probe_weight: float = 0.0) -> dict[str, float]:
+    """One optimiser step on text + flow (+ probe_weight x the probes' losses); opt holds the
+    probes' parameters too. Returns every loss."""
     model.train()
-    text_loss, fm_loss = losses(model, conv, generator, model.cfg.window_units, context_noise)
+    parts = losses(model, conv, generator, model.cfg.window_units, context_noise, probes)
+    total = parts["text"] + parts["flow"] + probe_weight * sum(v for k, v in parts.items() if k not in ("text", "flow"))
     opt.zero_grad(set_to_none=True)
-    (text_loss + fm_loss).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
     opt.step()
-    return text_loss.item(), fm_loss.item()
+    return {k: v.item() for k, v in parts.items()}
 

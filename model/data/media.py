@@ -28,7 +28,7 @@ class MediaBatch:
     persona: list[str]  # the character's persona text (the persona sink)
 
 
-def _video(x: np.ndarray) -> torch.Tensor:
+def video_tensor(x: np.ndarray) -> torch.Tensor:
     """(N, 4, H, W, 3) uint8 -> (4N, 3, H, W) float in [-1, 1]."""
     n, f, h, w, c = x.shape
     return torch.from_numpy(x.reshape(n * f, h, w, c)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -69,10 +69,10 @@ def media_batch(episodes: list[Episode], cfg: ModelConfig, synth: speech.Synth |
     h, w = cfg.video.height, cfg.video.width
     images = [portrait(str(folder / e.character / "image.png"), h, w)[0] for e in episodes]
     return MediaBatch(
-        frames=torch.stack([_video(e.user_frames) for e in episodes]),
+        frames=torch.stack([video_tensor(e.user_frames) for e in episodes]),
         audio=torch.stack([torch.from_numpy(e.user_audio.reshape(-1)) for e in episodes]),
         text=torch.stack([torch.from_numpy(e.text) for e in episodes]),
-        resp_frames=torch.stack([_video(e.char_frames) for e in episodes]),
+        resp_frames=torch.stack([video_tensor(e.char_frames) for e in episodes]),
         resp_audio=torch.stack([torch.from_numpy(e.char_audio.reshape(-1)) for e in episodes]),
         image=torch.stack([torch.from_numpy(im.transpose(2, 0, 1).copy()) / 127.5 - 1 for im in images]),
         voice=torch.stack([torch.from_numpy(voice_reference(e.character, cfg, synth)) for e in episodes]),

@@ -1,5 +1,5 @@
 """Learning: a few hundred optimiser steps on one fixed toy batch cut both losses (text
-cross-entropy, flow-matching MSE) by more than half."""
+cross-entropy, flow-matching MSE) by more than half, and the training-only probes' too."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,9 @@ import torch
 
 from model.duplex import build_model
 from model.duplex import Latents
-from model.train import forward_sequence, losses, train_step
+from model.data import COLOUR_NAMES
+from model.data.tables import INTENTS
+from model.train import Labels, Probes, forward_sequence, losses, train_step
 from tests.model.synthetic import make_character, make_conversation
 
 
@@ -16,8 +18,8 @@ def eval_losses(model, conv) -> tuple[float, float]:
     model.eval()
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        pairs = [losses(model, conv, g, model.cfg.window_units) for _ in range(8)]
-    return sum(p[0].item() for p in pairs) / 8, sum(p[1].item() for p in pairs) / 8
+        parts = [losses(model, conv, g, model.cfg.window_units) for _ in range(8)]
+    return sum(p["text"].item() for p in parts) / 8, sum(p["flow"].item() for p in parts) / 8
 
 
 @pytest.mark.timeout(240)
@@ -35,6 +37,29 @@ def test_training_steps_cut_text_and_flow_losses_by_more_than_half(cfg) -> None:
     assert flow1 < 0.5 * flow0, (flow0, flow1)
 
 
+@pytest.mark.timeout(240)
+def test_the_probes_learn_their_labels_through_the_encoder_and_the_transformer(cfg) -> None:
+    """Card, voice and intent labels of a toy batch (some units unlabelled): the probes' losses
+    fall by more than half, and their gradients reach the encoder and the Transformer."""
+    torch.manual_seed(0)
+    model = build_model(cfg, seed=0)
+    conv = make_conversation(model, make_character(cfg), units=3, batch=2)
+    g = torch.Generator().manual_seed(3)
+    conv.labels = Labels(card=torch.randint(0, len(COLOUR_NAMES) + 1, (2, 3), generator=g),
+                         speaking=torch.randint(0, 2, (2, 3), generator=g).float(),
+                         intent=torch.tensor([[-1, 1, 1], [-1, -1, 4]]))
+    probes = Probes(cfg)
+    first = {k: v.item() for k, v in losses(model, conv, g, cfg.window_units, probes=probes).items()}
+    opt = torch.optim.AdamW(list(model.parameters()) + list(probes.parameters()), lr=3e-3, weight_decay=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(100):
+        last = train_step(model, opt, conv, g, probes=probes, probe_weight=1.0)
+    for key in ("card", "speaking", "intent"):
+        assert last[key] < 0.5 * first[key], (key, first, last)
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"encoder", "transformer"} <= changed
+
+
 def test_context_noise_blurs_what_later_units_see_and_nothing_else(cfg) -> None:
     """Unit 0 sees no resp context: its text logits are the same; unit 1's are not; the flow
     targets stay the clean latents (the noisy copies are drawn before the context's noise)."""
@@ -43,10 +68,10 @@ def test_context_noise_blurs_what_later_units_see_and_nothing_else(cfg) -> None:
     t = torch.full((1, 3), 0.5)
     blurred = Latents(*(x + torch.randn_like(x) for x in conv.resp))
     with torch.no_grad():
-        clean, _ = forward_sequence(model, conv, conv.resp, t, cfg.window_units)
-        noisy_ctx, _ = forward_sequence(model, conv, conv.resp, t, cfg.window_units, blurred)
+        clean, _ = forward_sequence(model, conv, conv.resp, t, cfg.window_units)[:2]
+        noisy_ctx, _ = forward_sequence(model, conv, conv.resp, t, cfg.window_units, blurred)[:2]
         a = losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units, 0.0)
         b = losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units, 0.6)
     assert torch.equal(clean[:, 0], noisy_ctx[:, 0])
     assert not torch.allclose(clean[:, 1], noisy_ctx[:, 1])
-    assert a[0] != b[0] and a[1] != b[1]
+    assert a["text"] != b["text"] and a["flow"] != b["flow"]

@@ -11,13 +11,15 @@ import torch
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import tiny
-from model.data import Synth, conversation, espeak_available
+from model.data import COLOUR_NAMES, Synth, conversation, espeak_available
+from model.data.tables import INTENTS
 from model.duplex import build_model
-from model.model_recipe import ModelRecipe, batch_at, crop_start, step_seeds, train
+from model.model_recipe import ModelRecipe, batch_at, crop_start, labels, step_seeds, train, warm_up_card
+from model.train import Probes
 from model.run import STATE
 from tests.missing import missing
 
-SMALL = dict(units=8, batch=1, warmup=5, lr=3e-3, threads=1, checkpoint_s=1e9)
+SMALL = dict(units=8, batch=1, warmup=5, lr=3e-3, threads=1, checkpoint_s=1e9, card_steps=2, card_batch=2)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,35 @@ def test_a_step_trains_on_answers_and_scores_only_units_with_a_full_window(codec
     assert seen_crop
 
 
+def test_probe_labels_name_the_card_in_view_and_the_question_being_answered(codec: Path) -> None:
+    cfg, synth = load_checkpoint(codec).cfg, Synth()
+    blue = conversation(5, cfg, "train", 48, card="blue", synth=synth)
+    none = conversation(5, cfg, "train", 48, card=None, synth=synth)
+    lab = labels([blue, none])
+    in_view = torch.from_numpy((blue.card_boxes[..., 0] >= 0).any(1))
+    assert in_view.any()
+    assert (lab.card[0][in_view] == COLOUR_NAMES.index("blue")).all()
+    assert (lab.card[0][~in_view] == len(COLOUR_NAMES)).all() and (lab.card[1] == len(COLOUR_NAMES)).all()
+    assert torch.equal(lab.speaking[0].bool(), torch.from_numpy(blue.user_speaking))
+    first_stop = min(t.end_unit for t in blue.turns if t.speaker == "user")
+    assert (lab.intent[0, :first_stop] == -1).all()
+    answers = [t for t in blue.turns if t.speaker == "character" and t.intent != "greet" and t.start_unit < 48]
+    assert answers
+    for t in answers:  # each answer is labelled with the question it answers, from its first unit on
+        assert lab.intent[0, t.start_unit] == INTENTS.index(t.intent), t
+
+
+def test_the_card_warm_up_trains_the_video_encoder_and_the_card_probe_only(codec: Path) -> None:
+    model, before = load_checkpoint(codec), load_checkpoint(codec).state_dict()
+    probes = Probes(model.cfg)
+    card = {k: v.clone() for k, v in probes.card.state_dict().items()}
+    curve = warm_up_card(model, probes, ModelRecipe(codec=codec, card_steps=3, card_batch=4), torch.device("cpu"))
+    assert len(curve) == 3
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("encoder.video.") for k in changed)
+    assert not torch.equal(card["weight"], probes.card.weight)
+
+
 def test_a_killed_run_resumes_where_it_stopped(codec: Path, tmp_path: Path) -> None:
     whole = train(ModelRecipe(codec=codec, out=tmp_path / "whole", steps=4, **SMALL))
     train(ModelRecipe(codec=codec, out=tmp_path / "parts", steps=4, stop_after=2, **SMALL))  # "killed"
@@ -70,4 +101,7 @@ def test_a_killed_run_resumes_where_it_stopped(codec: Path, tmp_path: Path) -> N
     assert parts["step"] == whole["step"] == 4
     a = torch.load(tmp_path / "whole" / STATE, weights_only=False)["model"]
     b = torch.load(tmp_path / "parts" / STATE, weights_only=False)["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    a = torch.load(tmp_path / "whole" / STATE, weights_only=False)["heads"]
+    b = torch.load(tmp_path / "parts" / STATE, weights_only=False)["heads"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

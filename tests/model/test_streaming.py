@@ -31,7 +31,7 @@ def test_streaming_equals_offline_under_block_causal_mask(window: int, backend: 
     noisy = Latents(*(torch.randn(x.shape, generator=g) for x in conv.resp))
     t = torch.rand(1, UNITS, generator=g)
     with torch.no_grad():
-        logits_off, v_off = forward_sequence(model, conv, noisy, t, window=window)
+        logits_off, v_off = forward_sequence(model, conv, noisy, t, window=window)[:2]
 
     s = Streamer(model)
     st = s.new_state()
@@ -109,8 +109,8 @@ def test_a_longer_conversation_never_changes_earlier_outputs(model, character, w
     short.frames, short.audio = long.frames[:, :16], long.audio[:, :4 * model.cfg.audio.samples_per_unit]
     short.text, short.resp = long.text[:, :4], Latents(long.resp.video[:, :4], long.resp.audio[:, :4])
     with torch.no_grad():
-        logits_l, v_l = forward_sequence(model, long, noisy, t, window)
-        logits_s, v_s = forward_sequence(model, short, Latents(noisy.video[:, :4], noisy.audio[:, :4]), t[:, :4], window)
+        logits_l, v_l = forward_sequence(model, long, noisy, t, window)[:2]
+        logits_s, v_s = forward_sequence(model, short, Latents(noisy.video[:, :4], noisy.audio[:, :4]), t[:, :4], window)[:2]
     torch.testing.assert_close(logits_s, logits_l[:, :4], atol=1e-5, rtol=0)
     torch.testing.assert_close(v_s.video, v_l.video[:, :4], atol=1e-5, rtol=0)
     assert not torch.allclose(logits_l[:, 4], logits_l[:, 3])
@@ -153,7 +153,7 @@ def test_streaming_solve_equals_offline_solve_at_every_rung_of_the_ladder(solver
             times = torch.zeros(1, UNITS)
             times[:, n] = t
             with torch.no_grad():
-                _, v = forward_sequence(model, conv, noisy, times, window=cfg.window_units)
+                _, v = forward_sequence(model, conv, noisy, times, window=cfg.window_units)[:2]
             return v.video[:, n], v.audio[:, n]
         rung = s.ladder[schedule[n]]
         z_off = solve(offline_velocity, tuple(noises[n]), rung.steps, cfg.flow.shift, rung.solver)
