@@ -147,7 +147,7 @@ class CompiledSteps:
                 h = tr(model.embed_text(prev[:, None]), t, pos[j:j + 1], cache=cache,
                        span=CacheSpan(span.rows[:j + 1], span.visible), held=mine, prior=held or None)
                 lg = model.text_logits(h[:, 0]).float()
-                prev = torch.where(use_forced, forced[:, j], lg.argmax(-1))
+                prev = torch.where(use_forced[:, j], forced[:, j], lg.argmax(-1))
                 held = mine if not held else [(torch.cat([pk, k], 2), torch.cat([pv, v], 2))
                                               for (pk, pv), (k, v) in zip(held, mine)]
                 tokens.append(prev)
@@ -180,7 +180,7 @@ class CompiledSteps:
 
     def text(self, prev: Tensor, forced: Tensor | None, pos: Tensor, cache: KVCache,
              start: int) -> tuple[Tensor, Tensor] | None:
-        """The k text slots of a unit, greedy (or `forced` (B, k)), as one graph: embedding,
+        """The k text slots of a unit, greedy or `forced` (B, k; entries < 0: greedy), as one graph: embedding,
         forward, logits and argmax of each slot, slot j attending to slots < j beside the
         cache. prev (B,) the first slot's input; pos (k, 3); `start` the first slot's logical
         row. Writes the k rows and advances the cache. -> tokens (B, k), logits (B, k, V); None
@@ -189,8 +189,8 @@ class CompiledSteps:
             return None
         k = pos.shape[0]
         span = cache.span(start, k)
-        use = torch.tensor(forced is not None)
-        forced = torch.zeros_like(prev[:, None].expand(-1, k)) if forced is None else forced
+        forced = torch.full_like(prev[:, None].expand(-1, k), -1) if forced is None else forced
+        use, forced = forced >= 0, forced.clamp(min=0)
         tokens, logits, kk, vv = self._text(prev, forced, use, pos, cache, span)
         cache.k.index_copy_(3, span.rows, kk)
         cache.v.index_copy_(3, span.rows, vv)

@@ -130,6 +130,12 @@ class KVCache:
         self.written[:, idx] = True
         self.advance(rows.end)
 
+    def forget(self, slot: int, start: int, end: int) -> None:
+        """Logical rows [start, end) are not slot `slot`'s session's: appended with a later
+        tick's rows, they were written before it joined (the performer's side of a join)."""
+        idx = torch.tensor([self.physical(i) for i in range(start, end)], device=self.k.device, dtype=torch.long)
+        self.written[slot, idx] = False
+
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()

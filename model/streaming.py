@@ -174,7 +174,8 @@ class Streamer:
     def speak(self, state: SessionState, forced: Tensor | None = None, temperature: float = 0.0,
               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """k text slots of unit `state.unit`: tokens (B, k) and their logits (B, k, V).
-        `forced` (B, k) feeds given tokens instead of sampled ones (typed text, tests)."""
+        `forced` (B, k) feeds given tokens instead of sampled ones (typed text, tests); an entry
+        < 0 leaves that slot of that row to the model."""
         n, lay = state.unit, self.lay
         if self.compiled is not None and temperature == 0:  # all k slots as one graph, once steady
             out = self.compiled.text(state.last_text, forced, self._pos(self._text_all, n), state.cache,
@@ -190,12 +191,12 @@ class Streamer:
             h = self._run(self.model.embed_text(prev[:, None]), None, self._pos(self._text[j], n),
                           state.cache, start, forward)
             lg = self.model.text_logits(h[:, 0]).float()
-            if forced is not None:
-                prev = forced[:, j]
-            elif temperature > 0:
+            if temperature > 0:
                 prev = torch.multinomial(torch.softmax(lg / temperature, -1), 1, generator=generator)[:, 0]
             else:
                 prev = lg.argmax(-1)
+            if forced is not None:
+                prev = torch.where(forced[:, j] >= 0, forced[:, j], prev)
             tokens.append(prev)
             logits.append(lg)
         state.last_text = prev

@@ -1,12 +1,15 @@
-"""The performer's core: its copy of the session's KV cache and the flow-matching solve.
+"""The performer's core: its copy of the pair's KV cache (a batch of session slots) and the
+flow-matching solve.
 
-  open(seed, rows)   a new session: reset the cache, append the initial cache (the sinks)
-  on_rows(rows, rung) append resp_{n-1}, obs_n, text_n; solve resp_n from seeded noise at that
-                     rung of the quality ladder: z_n
+  open(seed, rows)         the pair starts afresh: reset the cache, append every slot's sinks;
+                           slot 0's session has noise seed `seed` (the thinker's fresh join)
+  join(slot, seed, tick, rows)  a session joins in `slot` from `tick`: that slot's sinks
+  on_rows(rows, rung)      append resp_{t-1}, obs_t, text_t; solve resp_t from seeded noise at
+                           that rung of the quality ladder: z_t
 
-The noise of unit n comes from a generator seeded by (session seed, n) (`unit_noise`), so the
-single-process reference path draws exactly the same noise. The performer never decodes and
-never runs the text head. A plain class: no transport, no pipe, no clock.
+The noise of a session's unit n comes from a generator seeded by (its seed, n) (`unit_noise`),
+so the single-process reference path draws exactly the same noise. The performer never decodes
+and never runs the text head. A plain class: no transport, no pipe, no clock.
 """
 from __future__ import annotations
 
@@ -41,24 +44,35 @@ class Solved:
 
 
 class Performer:
-    def __init__(self, streamer: Streamer, eval_delay_s: float = 0.0):
+    def __init__(self, streamer: Streamer, eval_delay_s: float = 0.0, slots: int = 1):
         """`eval_delay_s`: test only, a sleep per solver evaluation, as a slower machine takes."""
         self.s, self.eval_delay_s = streamer, eval_delay_s
         self.timer = StageTimer()
-        self.cache = streamer.new_cache()
-        self.seed = 0
+        self.cache = streamer.new_cache(slots)
+        self.noise: list[tuple[int, int]] = [(0, 0)] * slots  # per slot: (seed, first tick)
         lay = streamer.lay
         self._text_end = lay.obs + lay.text  # rows of a unit before its resp
         self._sinks, self._unit_rows = lay.sinks, lay.unit
 
+    def _check_sinks(self, rows: KVRows, batch: int) -> None:
+        if rows.start != 0 or rows.end != self._sinks or rows.k.shape[1] != batch:
+            raise ValueError(f"a session's initial cache must be rows [0, {self._sinks}) (the "
+                             f"sinks) of {batch} slot(s), got [{rows.start}, {rows.end}) of "
+                             f"{rows.k.shape[1]}")
+
     def open(self, seed: int, rows: KVRows) -> None:
-        """A new session: the thinker's initial cache (the prefill sinks)."""
-        if rows.start != 0 or rows.end != self._sinks:
-            raise ValueError(f"initial cache must be rows [0, {self._sinks}) (the sinks), got "
-                             f"[{rows.start}, {rows.end})")
+        """The pair starts afresh at tick 0 (the thinker's fresh join): every slot's sinks."""
+        self._check_sinks(rows, len(self.noise))
         self.cache.reset()
         self.cache.append(rows)
-        self.seed = seed
+        self.noise = [(seed, 0)] * len(self.noise)
+
+    def join(self, slot: int, seed: int, tick: int, rows: KVRows) -> None:
+        """A session joins in `slot` at `tick` beside the others: its sinks."""
+        self._check_sinks(rows, 1)
+        self.cache.reset_slot(slot)
+        self.cache.slot(slot).append(rows)
+        self.noise[slot] = (seed, tick)
 
     def _unit_of(self, rows: KVRows) -> int:
         """The unit whose text slots end `rows` (rows always end there)."""
@@ -77,10 +91,14 @@ class Performer:
         #    obs_n and text_n
         with self.timer.stage(n, "kv_update"):
             self.cache.append(rows)
-        # 2. noise seeded by (session seed, n); the solver's steps against the cache
+            for slot, (_, first) in enumerate(self.noise):
+                if first == n > 0:  # joined at this tick: resp_{n-1}'s rows are not its session's
+                    self.cache.forget(slot, rows.start, self._sinks + n * self._unit_rows)
+        # 2. each slot's noise seeded by (its session's seed, its unit); the solver's steps
         with self.timer.stage(n, "solve"):
             r = self.s.ladder[rung]
             if self.eval_delay_s:
                 time.sleep(self.eval_delay_s * r.evaluations)
-            z = self.s.denoise(self.cache, n, unit_noise(self.s, self.seed, n), r)
+            noise = [unit_noise(self.s, seed, max(0, n - first)) for seed, first in self.noise]
+            z = self.s.denoise(self.cache, n, Latents(*(torch.cat(x) for x in zip(*noise))), r)
         return Solved(n, z, self.timer.take(n))

@@ -30,7 +30,7 @@ def run_single(streamer: Streamer, character: Character, seed: int,
     for n, (frames, audio) in enumerate(inputs):
         s.observe(st, frames_to_model(frames, audio.dtype), audio)
         queue.extend((typed or {}).get(n, b""))
-        tokens, _ = s.speak(st, forced=typed_slots(queue, s.lay.text, frames.device))
+        tokens, _ = s.speak(st, forced=typed_slots([queue], s.lay.text, frames.device))
         rung = s.ladder[rungs[n] if rungs is not None else 0]
         z = s.denoise(st.cache, n, unit_noise(s, seed, n, batch=frames.shape[0]), rung)
         s.commit(st, z)

@@ -182,17 +182,20 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
         shell.send(UnitOutput(session, d.unit, *(t.cpu().numpy() for t in media), d.stages,
                               *latents_in.pop(d.unit), shipped_ns=shipped_ns.pop(d.unit)))
 
-    thinker = Thinker(streamer, ship, emit, timer, max_pending=shell.spec.max_pending)
+    def joined(slot: int, seed: int, tick: int, rows: Any, fresh: bool) -> None:
+        # the pair serves one session at a time (one slot): each starts it afresh
+        transport.send(Packet(PacketKind.OPEN, session, seed=seed, rows=rows))
+        shell.send(SessionOpened(session))
+
+    thinker = Thinker(streamer, ship, emit, timer, max_pending=shell.spec.max_pending, joined=joined)
     for ev in shell.events():
         if isinstance(ev, StartSession):
             session, closing = ev.session, False
             timer.clear()
-            rows = thinker.open(ev.character.character())
-            transport.send(Packet(PacketKind.OPEN, session, seed=ev.seed, rows=rows))
-            shell.send(SessionOpened(session))
+            thinker.join(0, ev.character.character(), ev.seed)
         elif isinstance(ev, InputUnit):
             thinker.on_unit(ev.unit, torch.from_numpy(ev.frames).to(device),
-                            torch.from_numpy(ev.audio).to(device), ev.text, ev.rung)
+                            torch.from_numpy(ev.audio).to(device), [ev.text], ev.rung)
         elif isinstance(ev, Packet) and ev.kind is PacketKind.LATENTS:
             timer.add(ev.unit, "transfer", ev.seconds)
             latents_in[ev.unit] = (ev.nbytes, ev.seconds)
@@ -203,6 +206,7 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
         else:
             raise TypeError(f"thinker got an unexpected {type(ev).__name__}: {ev!r:.200}")
         if closing and thinker.idle:
+            thinker.leave(0)
             transport.send(Packet(PacketKind.CLOSE, session))
             shell.send(SessionClosed(session))
             closing = False

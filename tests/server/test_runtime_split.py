@@ -70,26 +70,26 @@ def _in_process_pair(cfg: ModelConfig, arrival: str, sessions: int = 1) -> Itera
     streamer = Streamer(build_model(cfg, seed=0))
     rows_fifo: deque[tuple[int, KVRows]] = deque()
     decoded: list[Decoded] = []
-    thinker = Thinker(streamer, ship=lambda n, rows, rung: rows_fifo.append((n, rows)), emit=decoded.append,
-                      max_pending=UNITS)
     performer = Performer(streamer)
+    thinker = Thinker(streamer, ship=lambda n, rows, rung: rows_fifo.append((n, rows)), emit=decoded.append,
+                      max_pending=UNITS, joined=lambda slot, seed, tick, rows, fresh: performer.open(seed, rows))
+    first_cache = thinker.state.cache
     for _ in range(sessions - 1):  # earlier sessions, on other input, leave their rows behind
-        performer.open(SEED + 1, thinker.open(synthetic_character(cfg)))
-        first_cache = thinker.state.cache
+        thinker.join(0, synthetic_character(cfg), SEED + 1)
         for n in range(UNITS // 2):
             thinker.on_unit(n, *map(torch.from_numpy, synthetic_unit(cfg, 1, n)))
             thinker.on_latents(n, performer.on_rows(rows_fifo.popleft()[1]).z)
-    performer.open(SEED, thinker.open(synthetic_character(cfg)))
-    if sessions > 1:
-        assert thinker.state.cache is first_cache
+        thinker.leave(0)
+    thinker.join(0, synthetic_character(cfg), SEED)
+    assert thinker.state.cache is first_cache
     decoded.clear()
     units = [tuple(map(torch.from_numpy, synthetic_unit(cfg, 0, n))) for n in range(UNITS)]
     if arrival == "ahead":
         for n, (frames, audio) in enumerate(units):
-            thinker.on_unit(n, frames, audio, TYPED.get(n, b""))
+            thinker.on_unit(n, frames, audio, [TYPED.get(n, b"")])
     for n in range(UNITS):
         if arrival == "lockstep":
-            thinker.on_unit(n, *units[n], TYPED.get(n, b""))
+            thinker.on_unit(n, *units[n], [TYPED.get(n, b"")])
         sent, rows = rows_fifo.popleft()
         solved = performer.on_rows(rows)
         assert sent == solved.unit == n and set(solved.stages) == {"kv_update", "solve"}
@@ -129,9 +129,10 @@ def test_noise_depends_on_both_the_session_seed_and_the_unit(tiny_cfg: ModelConf
 def test_performer_rejects_rows_that_skip_a_unit(tiny_cfg: ModelConfig) -> None:
     streamer = Streamer(build_model(tiny_cfg, seed=0))
     shipped: list[KVRows] = []
-    thinker = Thinker(streamer, ship=lambda n, rows, rung: shipped.append(rows), emit=lambda d: None)
     performer = Performer(streamer)
-    performer.open(SEED, thinker.open(synthetic_character(tiny_cfg)))
+    thinker = Thinker(streamer, ship=lambda n, rows, rung: shipped.append(rows), emit=lambda d: None,
+                      joined=lambda slot, seed, tick, rows, fresh: performer.open(seed, rows))
+    thinker.join(0, synthetic_character(tiny_cfg), SEED)
     thinker.on_unit(0, *map(torch.from_numpy, synthetic_unit(tiny_cfg, 0, 0)))
     rows = shipped[0]
     late = KVRows(rows.start + tiny_cfg.layout.unit, rows.k, rows.v)  # as if unit 1's, unit 0 lost
