@@ -144,6 +144,19 @@ def run(preset_name: str, device: torch.device, dtype: torch.dtype, units: int, 
             "budget_ms": 160}
 
 
+def _interleaved(runs: dict[str, _Session], units: int, warmup: int, solver_steps: int) -> dict[str, dict]:
+    """Each unit on every run, in alternating order (load and clock drift hit all alike):
+    per run, the summary of its units after `warmup`."""
+    times = {name: {k: [] for k in STAGES} for name in runs}
+    for n in range(warmup + units):
+        for name, session in list(runs.items())[::1 if n % 2 else -1]:
+            stage_ms = session.unit(n)
+            if n >= warmup:
+                for k, v in zip(STAGES, stage_ms):
+                    times[name][k].append(v)
+    return {name: _summary(t, solver_steps) for name, t in times.items()}
+
+
 def compare(preset_name: str, device: torch.device, dtype: torch.dtype, units: int, warmup: int,
             backend: Backend = "sdpa") -> dict:
     """Eager and the compiled path (Streamer(compile=True)) side by side on one model: each
@@ -161,15 +174,7 @@ def compare(preset_name: str, device: torch.device, dtype: torch.dtype, units: i
     t0 = time.perf_counter()
     fast.s.compiled.warm_up()
     compile_s = time.perf_counter() - t0
-    times = {p: {k: [] for k in STAGES} for p in ("eager", "compiled")}
-    for n in range(warmup + units):
-        order = (("eager", eager), ("compiled", fast))[::1 if n % 2 else -1]
-        for name, session in order:
-            stage_ms = session.unit(n)
-            if n >= warmup:
-                for k, v in zip(STAGES, stage_ms):
-                    times[name][k].append(v)
-    paths = {p: _summary(t, cfg.flow.steps) for p, t in times.items()}
+    paths = _interleaved({"eager": eager, "compiled": fast}, units, warmup, cfg.flow.steps)
     speedup = {role: round(paths["eager"]["per_unit_ms"][role]["p50"]
                            / paths["compiled"]["per_unit_ms"][role]["p50"], 3)
                for role in ("thinker", "performer")}
@@ -191,15 +196,8 @@ def batched(preset_name: str, device: torch.device, dtype: torch.dtype, units: i
     cfg = preset(preset_name)
     model = build_model(cfg, seed=0, device=device, dtype=dtype)
     model.transformer.backend = backend
-    runs = {1: _Session(model, device, dtype), sessions: _Session(model, device, dtype, batch=sessions)}
-    times = {b: {k: [] for k in STAGES} for b in runs}
-    for n in range(warmup + units):
-        for b, session in list(runs.items())[::1 if n % 2 else -1]:
-            stage_ms = session.unit(n)
-            if n >= warmup:
-                for k, v in zip(STAGES, stage_ms):
-                    times[b][k].append(v)
-    paths = {f"{b}": _summary(t, cfg.flow.steps) for b, t in times.items()}
+    paths = _interleaved({"1": _Session(model, device, dtype),
+                          f"{sessions}": _Session(model, device, dtype, batch=sessions)}, units, warmup, cfg.flow.steps)
     gain = {role: round(sessions * paths["1"]["per_unit_ms"][role]["p50"]
                         / paths[f"{sessions}"]["per_unit_ms"][role]["p50"], 3)
             for role in ("thinker", "performer")}

@@ -18,9 +18,9 @@ their losses do not count; what follows sees exactly what streaming sees (the wi
 
 `probe_weight` adds model/train.py's Probes: the card's colour, the user's voice and the intent
 being answered, read off the model's states at every unit (labels the episodes carry). Without
-them the shipped run (1300 steps) spoke whole sentences but chose them regardless of the
+them the run before (1300 steps) spoke whole sentences but chose them regardless of the
 question and the card. A new run first trains the encoder's video branch with the card probe
-alone on camera frames for `card_steps` (a minute or two: whole-model steps see few cards).
+alone on camera frames for `card_steps` (3.6 minutes on 2 cores: whole-model steps see few cards).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class ModelRecipe(RunRecipe):
                                  "sees as context: up to this share of noise (model/train.py)")
     batch: int = Field(2, description="conversations a step")
     lr: float = Field(3e-4, description="AdamW peak; linear warm-up, then cosine to lr / 10 at `steps`")
-    steps: int = Field(1300, description="schedule length (the shipped run: 1300 steps, 109 min on 2 cores)")
+    steps: int = Field(1300, description="schedule length (the shipped run: 1300 steps, 105 min on 2 cores)")
     minutes: float = Field(120.0, description="wall-clock budget of this invocation")
     checkpoint_s: float = Field(300.0, description="seconds between saves")
 
