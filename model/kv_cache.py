@@ -114,17 +114,21 @@ class KVCache:
         """Called by the owner after a forward that wrote logical rows up to `end`."""
         self.length = max(self.length, end)
 
+    def _physical_rows(self, start: int, end: int) -> Tensor:
+        """Physical rows of logical rows [start, end), as an index tensor on the cache's device."""
+        return torch.tensor([self.physical(i) for i in range(start, end)], device=self.k.device, dtype=torch.long)
+
     def rows(self, start: int, end: int) -> KVRows:
         """Logical rows [start, end) of every layer, gathered out of the ring (a copy)."""
         if end > self.length or start < end - self.capacity or start > end:
             raise ValueError(f"rows [{start}, {end}) not held: {self.length} written, "
                              f"capacity {self.capacity}")
-        idx = torch.tensor([self.physical(i) for i in range(start, end)], device=self.k.device)
+        idx = self._physical_rows(start, end)
         return KVRows(start=start, k=self.k.index_select(3, idx), v=self.v.index_select(3, idx))
 
     def append(self, rows: KVRows) -> None:
         """Write rows shipped from another holder of the same session (the performer's side)."""
-        idx = torch.tensor([self.physical(i) for i in range(rows.start, rows.end)], device=self.k.device)
+        idx = self._physical_rows(rows.start, rows.end)
         self.k.index_copy_(3, idx, rows.k.to(self.k.dtype))
         self.v.index_copy_(3, idx, rows.v.to(self.v.dtype))
         self.written[:, idx] = True
@@ -133,8 +137,7 @@ class KVCache:
     def forget(self, slot: int, start: int, end: int) -> None:
         """Logical rows [start, end) are not slot `slot`'s session's: appended with a later
         tick's rows, they were written before it joined (the performer's side of a join)."""
-        idx = torch.tensor([self.physical(i) for i in range(start, end)], device=self.k.device, dtype=torch.long)
-        self.written[slot, idx] = False
+        self.written[slot, self._physical_rows(start, end)] = False
 
     def reset(self) -> None:
         self.k.zero_()

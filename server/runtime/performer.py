@@ -2,7 +2,7 @@
 flow-matching solve.
 
   open(seed, rows)         the pair starts afresh: reset the cache, append every slot's sinks;
-                           slot 0's session has noise seed `seed` (the thinker's fresh join)
+                           every slot's noise seed is `seed` until a join (the thinker's fresh join)
   join(slot, seed, tick, rows)  a session joins in `slot` from `tick`: that slot's sinks
   on_rows(rows, rung)      append resp_{t-1}, obs_t, text_t; solve resp_t from seeded noise at
                            that rung of the quality ladder: z_t

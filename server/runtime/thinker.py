@@ -96,8 +96,8 @@ class Thinker:
         self._sessions: dict[int, _Slot] = {}  # slot -> its session, from its first tick
         self._joining: dict[int, tuple[Character, int]] = {}  # slot -> (character, seed)
         self._pending: deque[tuple[int, Tensor, Tensor, Sequence[bytes], int]] = deque()
-        self._text: dict[int, Tensor] = {}
-        self._emit_to: dict[int, dict[int, _Slot]] = {}  # tick -> the sessions its outputs go to
+        # tick -> its text slots and the sessions its outputs go to (those in it when it started)
+        self._started: dict[int, tuple[Tensor, dict[int, _Slot]]] = {}
         self._next_input = 0  # the tick on_unit expects next
         self._awaiting: int | None = None  # the tick whose rows were shipped, latents not yet back
         self._sent = 0  # logical KV rows the performer already holds
@@ -202,8 +202,8 @@ class Thinker:
         with self.timer.stage(tick, "decode"):
             frames, audio = self.s.decode(self.state, z)
             frames = frames_to_uint8(frames)
-        text, stages = self._text.pop(tick), self.timer.take(tick)
-        for slot, session in self._emit_to.pop(tick).items():
+        (text, sessions), stages = self._started.pop(tick), self.timer.take(tick)
+        for slot, session in sessions.items():
             if self._sessions.get(slot) is session:  # not left since
                 one = slice(slot, slot + 1)
                 self.emit(Decoded(tick - session.first_tick, text[one], Latents(z.video[one], z.audio[one]),
@@ -224,8 +224,7 @@ class Thinker:
         typed = [self._sessions[b].typed if b in self._sessions else deque() for b in range(self.slots)]
         with self.timer.stage(t, "language"):
             tokens, _ = self.s.speak(st, forced=typed_slots(typed, self.s.lay.text, frames.device))
-        self._text[t] = tokens
-        self._emit_to[t] = dict(self._sessions)
+        self._started[t] = tokens, dict(self._sessions)
         # 3. ship the rows the performer lacks: resp_{t-1}, obs_t, text_t (all layers)
         rows = st.cache.rows(self._sent, st.cache.length)
         self._sent, self._awaiting = st.cache.length, t
