@@ -1,6 +1,7 @@
 """`duplex bench latency`: the thinker-performer pair on a clock-driven synthetic input stream.
 
   duplex bench latency --preset cpu --transport gloo --units 500 [--json]
+  duplex bench latency --preset tiny --sessions 1,2,4 --units 150   (bench/latency_sessions.py)
 
 Runbook:
   1. start the supervised pair and run its measured start (warm-up units at the top and the
@@ -198,9 +199,14 @@ def main(argv: list[str]) -> int:
                     help="replay the steady-state steps as CUDA graphs (units past the window)")
     ap.add_argument("--peak-flops", type=float, help="peak FLOP/s of one role's device (default: measured)")
     ap.add_argument("--peak-bw", type=float, help="peak memory bytes/s (default: measured)")
+    ap.add_argument("--sessions", help="N calls at once, a comma list (1,2,4): on one pair of N slots and "
+                                       "on N pairs, at the top and the lowest rung (bench/latency_sessions.py)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     args = ap.parse_args(argv)
+    if args.sessions:
+        from bench import latency_sessions
+        return latency_sessions.main(args)
 
     cfg = preset(args.preset)
     stats = RunStats()

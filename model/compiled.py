@@ -239,13 +239,16 @@ class CompiledSteps:
         start = lay.sinks + lay.window_units * lay.unit  # unit W: the first that sees the whole ring
         x = torch.zeros(batch, lay.obs, D, device=p.device, dtype=p.dtype)  # the obs chunk
         t = torch.zeros(batch, 1, device=p.device)
-        self.transformer(x, t.expand(batch, lay.obs), torch.zeros(lay.obs, 3, device=p.device),
-                         cache=cache, span=cache.span(start, lay.obs))
         prev = torch.zeros(batch, dtype=torch.long, device=p.device)  # the text slots (greedy and forced: one graph)
-        self.text(prev, None, torch.zeros(lay.text, 3, device=p.device), cache, start + lay.obs)
         z = Latents(torch.zeros(batch, lay.resp_video, lay.video_token_dim, device=p.device, dtype=p.dtype),
                     torch.zeros(batch, lay.resp_audio, lay.audio_token_dim, device=p.device, dtype=p.dtype))
-        self.resp(z, t, torch.zeros(lay.resp, 3, device=p.device), cache, start + lay.obs + lay.text)
+        # a batch also runs masked once a slot has joined on its own (attention follows `written`)
+        for masked in (False, True) if batch > 1 else (False,):
+            cache.masked = masked
+            self.transformer(x, t.expand(batch, lay.obs), torch.zeros(lay.obs, 3, device=p.device),
+                             cache=cache, span=cache.span(start, lay.obs))
+            self.text(prev, None, torch.zeros(lay.text, 3, device=p.device), cache, start + lay.obs)
+            self.resp(z, t, torch.zeros(lay.resp, 3, device=p.device), cache, start + lay.obs + lay.text)
         if not media:
             return
         enc = m.encoder.init_state(batch, p.device, p.dtype)

@@ -5,8 +5,9 @@ The front end lives on an asyncio loop and never waits on the model. What crosse
 media at the model's rates, as numpy arrays the front end can hand to PyAV: frames
 (4, H, W, 3) uint8 RGB at 25 fps and audio (3840,) float32 at 24 kHz, in 160 ms units.
 
-RuntimeEngine runs one supervised worker pair per concurrent call (the runtime serves one
-session a pair); before it is ready, each pair measures its real-time margin (`margins`).
+RuntimeEngine runs `pairs` supervised worker pairs, each serving up to `cfg.slots` calls at
+once (one batched step a tick); before it is ready, each pair measures its real-time margin
+(`margins`). A call goes to the pair with the fewest calls.
 A session's unit clock starts with the call's first media (the front end starts it); the
 runtime picks each unit's rung of the quality ladder and skips input units while the pair is
 behind, so an output's `unit` (on the clock) may jump. Its threads and the loop meet in two
@@ -232,16 +233,17 @@ class RuntimeSession:
 
 
 class RuntimeEngine:
-    """`pairs` supervised thinker-performer pairs; each serves one call at a time."""
+    """`pairs` supervised thinker-performer pairs of `cfg.slots` call slots each."""
 
     def __init__(self, cfg: RuntimeConfig, model: ModelConfig, pairs: int = 1,
                  sink: RecordSink | None = None, on_fault: Callable[[Fault], None] | None = None,
                  on_skip: Callable[[int], None] | None = None):
-        self.cfg, self.capacity = cfg, pairs
+        self.cfg, self.pairs, self.capacity = cfg, pairs, pairs * cfg.slots
         self._sink, self._on_fault, self._on_skip = sink, on_fault, on_skip
         self.margins: list[Margin] = []
         self._sups: list[Supervisor] = []
-        self._busy: dict[int, RuntimeSession | None] = {}  # pair index -> its call (None: opening)
+        # each call -> its pair (a None call: opening); a closing call is here until freed
+        self._busy: dict[str, tuple[int, RuntimeSession | None]] = {}
         self._lock = threading.Lock()
         self._seq = 0
         lay = model.layout  # the preset's, or the checkpoint's
@@ -249,18 +251,21 @@ class RuntimeEngine:
 
     @property
     def ready(self) -> bool:
-        return len(self._sups) == self.capacity
+        return len(self._sups) == self.pairs
 
     @property
     def healthy(self) -> bool:
         return not self._sups or any(s.healthy for s in self._sups)
 
+    def _calls_on(self, pair: int) -> int:
+        return sum(p == pair for p, _ in self._busy.values())
+
     @property
     def available(self) -> int:
-        """Pairs up (not restarting after a fault) and without a call: one restarting pair
-        never blocks the others."""
+        """Free call slots on pairs that are up (not restarting after a fault): one restarting
+        pair never blocks the others."""
         with self._lock:
-            return sum(s.free for i, s in enumerate(self._sups) if i not in self._busy)
+            return sum(self.cfg.slots - self._calls_on(i) for i, s in enumerate(self._sups) if s.up)
 
     @property
     def active(self) -> int:
@@ -268,11 +273,11 @@ class RuntimeEngine:
 
     @property
     def kv_cache_tokens(self) -> int:
-        return sum(s.kv_cache_tokens for s in list(self._busy.values()) if s is not None)
+        return sum(s.kv_cache_tokens for _, s in list(self._busy.values()) if s is not None)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(self.capacity):
+        for _ in range(self.pairs):
             # it logs faults and restarts the pair; the session gets the reason
             sup = Supervisor(self.cfg, sink=self._sink, on_fault=self._on_fault)
             await loop.run_in_executor(None, sup.start)
@@ -288,39 +293,40 @@ class RuntimeEngine:
         if not self.ready:
             raise AtCapacity("the model workers are starting; try again shortly", retry_after_s=5)
         with self._lock:
-            idle = [i for i in range(len(self._sups)) if i not in self._busy]
-            free = [i for i in idle if self._sups[i].free]
+            seats = {i: self.cfg.slots - self._calls_on(i) for i in range(len(self._sups))}
+            free = [i for i in seats if seats[i] > 0 and self._sups[i].up]
             if not free:
-                raise AtCapacity(f"all {self.capacity} call slot(s) are in use" if not idle else
+                full = all(n == 0 for n in seats.values())
+                raise AtCapacity(f"all {self.capacity} call slot(s) are in use" if full else
                                  "the model workers are restarting after a fault; try again shortly",
-                                 retry_after_s=2 if not idle else 5)
-            pair = free[0]
-            self._busy[pair] = None  # reserved while the character is prefilled
+                                 retry_after_s=2 if full else 5)
+            pair = max(free, key=lambda i: seats[i])  # the least busy pair
             self._seq += 1
             sid, seed = f"{pair}.{self._seq}", self._seq
+            self._busy[sid] = (pair, None)  # reserved while the character is prefilled
         loop = asyncio.get_running_loop()
         try:
             session = await loop.run_in_executor(
                 None, lambda: self._sups[pair].open_session(character, seed=seed, timeout=5.0,
                                                             start_clock=False, on_skip=self._on_skip))
         except (TimeoutError, RuntimeError) as e:  # the pair is restarting after a fault
-            self._free(pair)
+            self._free(sid)
             raise AtCapacity(f"the call could not start: {e}", retry_after_s=5) from e
         except BaseException:
-            self._free(pair)
+            self._free(sid)
             raise
         with self._lock:  # a session that ends at once frees its slot only after this
-            rs = RuntimeSession(sid, session, loop, self._kv, on_free=lambda: self._free(pair))
-            self._busy[pair] = rs
+            rs = RuntimeSession(sid, session, loop, self._kv, on_free=lambda: self._free(sid))
+            self._busy[sid] = (pair, rs)
         return rs
 
-    def _free(self, pair: int) -> None:
+    def _free(self, sid: str) -> None:
         with self._lock:
-            self._busy.pop(pair, None)
+            self._busy.pop(sid, None)
 
     async def stop(self) -> None:
         # 1. end the calls, 2. stop the pairs (each session ends), 3. wait for the readers
-        sessions = [s for s in self._busy.values() if s is not None]
+        sessions = [s for _, s in self._busy.values() if s is not None]
         for s in sessions:
             s.close("the daemon is shutting down")
         loop = asyncio.get_running_loop()

@@ -111,14 +111,14 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
         metrics.track_gpu_memory(gpu_memory_used)
     folder = settings.checkpoint_folder
     runtime = RuntimeConfig(preset=cfg.name, checkpoint=None if folder is None else str(folder),
-                            transport=transport,
+                            transport=transport, slots=settings.max_sessions,
                             threads=settings.threads, backend=settings.backend,
                             cuda_graphs=settings.cuda_graphs, compile=settings.compile,
                             ready_timeout_s=settings.ready_timeout_s)
-    engine = RuntimeEngine(runtime, cfg, pairs=settings.max_sessions, sink=metrics.observe_record,
+    engine = RuntimeEngine(runtime, cfg, pairs=settings.pairs, sink=metrics.observe_record,
                            on_fault=lambda f: metrics.worker_restarts.labels(f.role.value).inc(),
                            on_skip=lambda unit: metrics.units_skipped.inc())
-    metrics.session_slots.set(settings.max_sessions)
+    metrics.session_slots.set(engine.capacity)
     front = FrontEnd(settings, engine, characters, cfg, metrics)
     if settings.loopback:
         use_loopback_candidates()

@@ -68,8 +68,10 @@ class Settings(BaseSettings):
                                              "preset); compiled before /readyz says 200, cached in "
                                              "~/.cache/duplex/inductor (first start ~1 min, later a "
                                              "few s); eager wherever a compile fails")
-    max_sessions: int = Field(1, ge=1, description="calls served at once; each has its own "
-                                                   "thinker-performer pair")
+    max_sessions: int = Field(1, ge=1, description="calls one thinker-performer pair serves at "
+                                                   "once (its slots: one batched step a unit)")
+    pairs: int = Field(1, ge=1, description="thinker-performer pairs (processes, weight copies); "
+                                            "calls at once: pairs x max-sessions")
     auth_token: SecretStr | None = Field(None, description="if set, POST /offer needs "
                                                            "'Authorization: Bearer <token>'")
     ice_servers: list[IceServer] = Field(default_factory=list, description=(

@@ -6,7 +6,7 @@ pair (input units in, decoded frames out), carried as numpy arrays so that pickl
 them by value (a torch tensor sent through a pipe would detour through shared memory);
 frames as uint8 RGB, a quarter of float32's bytes (model/media.py converts them).
 
-Supervisor -> thinker: StartSession, InputUnit, EndSession, Shutdown.
+Supervisor -> thinker: StartSession, InputTick, EndSession, Shutdown.
 Supervisor -> performer: Shutdown.
 Worker -> supervisor: Ready, SessionOpened, UnitOutput (thinker), SolveReport (performer),
 SessionClosed, WorkerFailed.
@@ -54,24 +54,26 @@ class CharacterSpec:
 @dataclass
 class StartSession:
     session: int
+    slot: int  # of the pair's batch
     character: CharacterSpec
-    seed: int  # the performer's noise for unit n is seeded by (seed, n)
+    seed: int  # the performer's noise for the session's unit n is seeded by (seed, n)
 
 
 @dataclass
-class InputUnit:
-    session: int
-    unit: int
-    frames: np.ndarray  # (1, 4, H, W, 3) uint8 RGB (the thinker converts it on its device)
-    audio: np.ndarray  # (1, samples_per_unit) float32 in [-1, 1]
-    text: bytes = b""  # typed by the caller since the last unit (UTF-8): forced into the text slots
-    rung: int = 0  # the quality ladder's rung the performer solves this unit at
+class InputTick:
+    """One unit of every slot of the pair (ticks.py): the thinker steps them at once."""
+    tick: int
+    frames: np.ndarray  # (slots, 4, H, W, 3) uint8 RGB (the thinker converts it on its device)
+    audio: np.ndarray  # (slots, samples_per_unit) float32 in [-1, 1]
+    texts: list[bytes]  # per slot, typed by its caller since its last unit: forced into the text slots
+    rung: int = 0  # the quality ladder's rung the performer solves this tick at
 
 
 @dataclass
 class EndSession:
-    """Finish the units already handed over, then close the session on both workers."""
+    """The session's last unit is in a tick already sent: finish it, then free the slot."""
     session: int
+    slot: int
 
 
 @dataclass
@@ -90,13 +92,16 @@ class Ready:
 
 @dataclass
 class SessionOpened:
-    """The thinker has prefilled the character and shipped the initial cache."""
+    """The thinker has prefilled the character and shipped the initial cache; the session
+    steps from `tick` on."""
     session: int
+    tick: int
 
 
 @dataclass
 class UnitOutput:
-    """One unit of the avatar, decoded, with the thinker's timings for that unit."""
+    """One unit of one session of the avatar, decoded, with the thinker's timings: the thinker
+    sends its tick as `unit`, and the slot; the supervisor makes `unit` the session's own."""
     session: int
     unit: int
     text: np.ndarray  # (k,) int64 text slots (bytes, PAD when silent)
@@ -110,6 +115,7 @@ class UnitOutput:
     shipped_ns: int = 0  # monotonic ns when unit n's KV rows were sent to the performer
     clock_unit: int = -1  # filled by the session: the unit on the clock this answers
     steps: int = 0  # filled by the session: the solver steps it ran at
+    slot: int = 0  # of the pair's batch
 
     def latents(self) -> Latents:
         return Latents(torch.from_numpy(self.z_video)[None], torch.from_numpy(self.z_audio)[None])
@@ -117,7 +123,8 @@ class UnitOutput:
 
 @dataclass
 class SolveReport:
-    """The performer's timings for unit n, sent after z_n went back to the thinker."""
+    """The performer's timings for a tick, sent after its z went back to the thinker (the
+    supervisor hands it to each session with a unit in that tick, as that unit's)."""
     session: int
     unit: int
     stages: dict[str, float]
@@ -129,6 +136,7 @@ class SolveReport:
 @dataclass
 class SessionClosed:
     session: int
+    slot: int
 
 
 @dataclass
@@ -138,5 +146,5 @@ class WorkerFailed:
     error: str
 
 
-ToWorker = StartSession | InputUnit | EndSession | Shutdown
+ToWorker = StartSession | InputTick | EndSession | Shutdown
 FromWorker = Ready | SessionOpened | UnitOutput | SolveReport | SessionClosed | WorkerFailed

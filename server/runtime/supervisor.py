@@ -1,8 +1,11 @@
-"""The supervisor: starts the thinker-performer pair, hands it sessions one at a time, watches it.
+"""The supervisor: starts the thinker-performer pair, seats sessions in its `slots` (a batch
+stepped at once), forms the pair's ticks from their units (ticks.py), watches the pair.
 
 Runbook of the monitor thread (every `poll_s`):
   1. read what the workers sent: SessionOpened, UnitOutput, SolveReport, SessionClosed,
-     WorkerFailed; route each to the session it belongs to
+     WorkerFailed; route each to the session it belongs to (outputs by tick and slot: a
+     session's unit in that tick, or nothing for a slot filled in while its unit was late);
+     send the ticks whose late units have waited long enough
   2. judge liveness (pair.py): a dead worker (its sentinel), a hung one (heartbeat older than
      `hang_s`), a stuck step (longer than `step_s`) or a prefill past `open_timeout_s` is a
      fault; with the defaults each is noticed within a second
@@ -24,23 +27,25 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.attention import Backend
-from model.config import UNIT_SECONDS, ModelConfig
+from model.config import FRAMES_PER_UNIT, UNIT_SECONDS, ModelConfig
 from model.config import preset as preset_config
 from model.flow import Rung, quality_ladder
 from model.streaming import Character
-from server.runtime.messages import (CharacterSpec, EndSession, InputUnit, Role, SessionClosed,
+from server.runtime.messages import (CharacterSpec, EndSession, InputTick, Role, SessionClosed,
                                      SessionOpened, SolveReport, StartSession, UnitOutput,
                                      WorkerFailed)
 from server.runtime.ladder import ControllerConfig
 from server.runtime.pair import ROLES, Fault, WorkerPair
 from server.runtime.session import Session
 from server.runtime.synthetic import synthetic_character, synthetic_unit
+from server.runtime.ticks import Tick, TickAssembler, Unit
 from server.runtime.timings import RecordSink, RunStats
 from server.runtime.transport import pick_transport
 from server.runtime.unit_clock import UnitClock
@@ -56,6 +61,9 @@ class RuntimeConfig(BaseModel):
     weights_seed: int = 0  # seed of the dummy weights
     transport: str = "auto"  # auto | gloo | ipc | nccl
     threads: int = Field(1, ge=1)  # torch threads per worker on CPU (one core a role)
+    slots: int = Field(1, ge=1)  # sessions the pair serves at once (one batched step a tick)
+    # a tick waits this long at most for a session's late unit, then fills it in (ticks.py)
+    tick_wait_s: float = Field(0.5 * UNIT_SECONDS, gt=0)
     backend: Backend = "sdpa"  # attention, norm and RoPE kernels
     cuda_graphs: bool = False  # replay each step as a CUDA graph once the cache is in steady state
     compile: bool = False  # torch.compile the steady-state steps (compiled before READY)
@@ -93,7 +101,8 @@ class Margin(BaseModel):
 
 
 class _Opening:
-    def __init__(self) -> None:
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
         self.done = threading.Event()
         self.t0 = 0.0
         self.error = ""
@@ -108,13 +117,17 @@ class Supervisor:
         self.restarts = 0
         self.all_pids: list[int] = []  # every worker ever started (tests check none is left)
         self._pair: WorkerPair | None = None
-        self._session: Session | None = None
+        self._sessions: dict[int, Session] = {}  # slot -> its session, until SessionClosed
         self._opening: _Opening | None = None
         self._next_sid = 1
         self._send_lock = threading.Lock()
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.Lock()  # one prefill at a time
+        self._lock = threading.RLock()  # the sessions, the slots, the ticks
+        self._ticks: TickAssembler | None = None
+        self._in_tick: dict[int, dict[int, int]] = {}  # tick -> {slot: its session's unit}
+        self._ending: dict[int, int] = {}  # slot -> session: asked to end, units still waiting
         self._ready = threading.Event()  # a pair is up
-        self._free = threading.Event()  # ... and serves no session
+        self._free = threading.Event()  # ... and has a free slot
         self._closing = threading.Event()
         self.failures = 0  # pair starts that failed in a row
         self.last_error = ""
@@ -136,8 +149,7 @@ class Supervisor:
         self._closing.set()
         if self._monitor is not None:
             self._monitor.join()
-        if self._session is not None:
-            self._session.finish(False, "the daemon is shutting down")
+        self._end_all("the daemon is shutting down")
         if self._pair is not None:
             log.info("the workers' longest heartbeat gap: %.0f ms (hang limit %.0f ms)",
                      self._pair.max_heartbeat_age * 1e3, self.cfg.hang_s * 1e3)
@@ -157,8 +169,14 @@ class Supervisor:
 
     @property
     def free(self) -> bool:
-        """Up and serving no session: open_session would start at once."""
+        """Up with a free slot: open_session would start at once."""
         return self._ready.is_set() and self._free.is_set()
+
+    @property
+    def sessions(self) -> int:
+        """Sessions seated (opening ones included)."""
+        with self._lock:
+            return len(self._sessions) + (self._opening is not None)
 
     @property
     def max_heartbeat_age(self) -> float:
@@ -177,10 +195,11 @@ class Supervisor:
 
     def _spawn(self) -> None:
         c = self.cfg
+        # ticks in flight: each has a unit of some call, and each call at most max_lag_units
         spec = WorkerSpec(Role.THINKER, c.preset, c.checkpoint, c.weights_seed, self.transport,
                           store="", threads=c.threads, heartbeat_s=c.heartbeat_s,
-                          max_pending=c.max_lag_units, backend=c.backend, cuda_graphs=c.cuda_graphs,
-                          compile=c.compile,
+                          max_pending=c.max_lag_units * c.slots, slots=c.slots, backend=c.backend,
+                          cuda_graphs=c.cuda_graphs, compile=c.compile,
                           test_eval_delay_s=c.test_eval_delay_s)
         pair = WorkerPair(spec, c.hang_s, self._step_s)
         try:
@@ -188,11 +207,14 @@ class Supervisor:
         finally:
             self.all_pids += pair.pids
         log.info("worker pair ready: %s", {r.value: (m.pid, m.device) for r, m in pair.ready.items()})
-        flow = self._pair_model_config().flow
-        self.ladder = quality_ladder(flow.steps, flow.solver)
-        self._pair = pair
-        self._ready.set()
-        self._free.set()
+        cfg = self._pair_model_config()
+        self.ladder = quality_ladder(cfg.flow.steps, cfg.flow.solver)
+        with self._lock:
+            self._ticks = TickAssembler(c.slots, (FRAMES_PER_UNIT, cfg.video.height, cfg.video.width, 3),
+                                        cfg.audio.samples_per_unit, c.tick_wait_s)
+            self._pair = pair
+            self._ready.set()
+            self._update_free()
 
     # -- sessions ---------------------------------------------------------------------------
     def open_session(self, character: Character, seed: int, timeout: float | None = None,
@@ -203,16 +225,26 @@ class Supervisor:
         `sink` replaces the supervisor's record sink for this session; `on_skip(clock_unit)`
         hears of each skipped input unit."""
         timeout = self.cfg.ready_timeout_s if timeout is None else timeout
-        with self._open_lock:  # one session at a time on the pair
-            if not (self._ready.wait(timeout) and self._free.wait(timeout)):
-                why = (f"the pair is restarting (last error: {self.last_error})" if self.failures
-                       else "the pair is serving another session" if self._ready.is_set()
-                       else "the pair is restarting")
-                raise TimeoutError(f"no free worker pair within {timeout:.0f} s: {why}")
+        if not self._open_lock.acquire(timeout=timeout):
+            raise TimeoutError(f"no free slot within {timeout:.0f} s: other sessions are starting")
+        try:
+            return self._open(character, seed, timeout, start_clock, sink, on_skip)
+        finally:
+            self._open_lock.release()
+
+    def _open(self, character: Character, seed: int, timeout: float, start_clock: bool,
+              sink: RecordSink | None, on_skip: Callable[[int], None] | None) -> Session:
+        if not (self._ready.wait(timeout) and self._free.wait(timeout)):
+            why = (f"the pair is restarting (last error: {self.last_error})" if self.failures
+                   else f"its {self.cfg.slots} slot(s) serve other sessions" if self._ready.is_set()
+                   else "the pair is restarting")
+            raise TimeoutError(f"no free slot on the worker pair within {timeout:.0f} s: {why}")
+        with self._lock:
             sid, self._next_sid = self._next_sid, self._next_sid + 1
-            self._free.clear()
-            self._opening = opening = _Opening()
-        self._send(Role.THINKER, StartSession(sid, CharacterSpec.of(character), seed))
+            slot = min(set(range(self.cfg.slots)) - set(self._sessions))
+            self._opening = opening = _Opening(slot)
+            self._update_free()
+        self._send(Role.THINKER, StartSession(sid, slot, CharacterSpec.of(character), seed))
         if not opening.done.wait(self.cfg.open_timeout_s):
             # a prefill that never ends holds the pair: the monitor restarts it
             what = f"did not finish the prefill within {self.cfg.open_timeout_s:g} s"
@@ -220,16 +252,71 @@ class Supervisor:
             raise TimeoutError(f"session {sid}: prefill not done within {self.cfg.open_timeout_s} s")
         if opening.error:
             raise RuntimeError(f"session {sid} could not start: {opening.error}")
-        clock = UnitClock(opening.t0 if start_clock else None)
-        session = Session(sid, clock,
-                          send_input=lambda n, f, a, t, r: self._send(Role.THINKER, InputUnit(sid, n, f, a, t, r)),
-                          request_end=lambda s: self._send(Role.THINKER, EndSession(s.id)),
+        session = Session(sid, UnitClock(opening.t0 if start_clock else None),
+                          send_input=lambda n, f, a, t, r: self._put(slot, Unit(n, f, a, t, r, time.monotonic())),
+                          request_end=lambda s: self._end(slot, s),
                           sink=self.sink if sink is None else sink, output_queue=self.cfg.output_queue,
                           max_lag_units=self.cfg.max_lag_units, ladder=self.ladder,
                           controller=self.cfg.controller, on_skip=on_skip,
                           text_slots=self._pair_model_config().layout.text)
-        self._session = session
+        with self._lock:
+            if self._opening is opening:  # not ended by a fault meanwhile
+                self._sessions[slot] = session
+                self._opening = None
+                self._ticks.join(slot)
+            else:
+                session.finish(False, opening.error or "the pair was restarted")
         return session
+
+    # -- ticks ------------------------------------------------------------------------------
+    def _put(self, slot: int, unit: Unit) -> None:
+        with self._lock:
+            if self._sessions.get(slot) is not None and self._ticks is not None:
+                self._send_ticks(self._ticks.put(slot, unit, unit.at))
+
+    def _end(self, slot: int, session: Session) -> None:
+        """The session hands over nothing more: once its last unit is in a tick, the thinker
+        finishes it and frees the slot (SessionClosed)."""
+        with self._lock:
+            if self._sessions.get(slot) is not session or slot in self._ending:
+                return
+            self._ending[slot] = session.id
+            self._ticks.close(slot)
+            self._send_ticks([])
+
+    def _send_ticks(self, ticks: list[Tick]) -> None:
+        """Send `ticks` in order, then EndSession for each ending session whose units are all
+        sent (after its last tick on the same pipe). Under self._lock."""
+        for t in ticks:
+            self._in_tick[t.tick] = t.units
+            self._in_tick.pop(t.tick - 4 * self.cfg.max_lag_units - 8, None)  # long answered
+            self._send(Role.THINKER, InputTick(t.tick, t.frames, t.audio, t.texts, t.rung))
+        for slot, sid in list(self._ending.items()):
+            if self._ticks.drained(slot):
+                del self._ending[slot]
+                self._send(Role.THINKER, EndSession(sid, slot))
+
+    def _update_free(self) -> None:
+        if self._ready.is_set() and len(self._sessions) + (self._opening is not None) < self.cfg.slots:
+            self._free.set()
+        else:
+            self._free.clear()
+
+    def _end_all(self, reason: str) -> None:
+        """Every session ends (not ok) with `reason`; the ticks start afresh."""
+        with self._lock:
+            for session in self._sessions.values():
+                session.finish(False, reason)
+            self._sessions.clear()
+            self._ending.clear()
+            self._in_tick.clear()
+            if self._ticks is not None:
+                self._ticks.reset()
+            if self._opening is not None and not self._opening.done.is_set():
+                self._opening.error = reason
+                self._opening.done.set()
+            self._opening = None
+            self._update_free()
 
     def measure(self) -> list[Margin]:
         """Warm-up units at the top and the lowest rung, one in flight at a time; the margin at
@@ -301,6 +388,9 @@ class Supervisor:
                         errors[msg.role] = msg.error.strip().splitlines()[-1]
                     else:
                         self._route(msg)
+            with self._lock:  # ticks whose late units waited long enough
+                if self._ticks is not None:
+                    self._send_ticks(self._ticks.due(time.monotonic()))
             # 2. liveness
             fault = pair.fault()
             if fault is None and self._stuck_open is not None:
@@ -311,35 +401,37 @@ class Supervisor:
                 self._recover(pair, fault)
 
     def _route(self, msg: Any) -> None:
-        s = self._session
-        if isinstance(msg, SessionOpened) and self._opening is not None:
-            self._opening.t0 = time.monotonic()
-            self._opening.done.set()
-        elif s is None or getattr(msg, "session", None) != s.id:
-            log.debug("dropping %s of a session no longer served", type(msg).__name__)
-        elif isinstance(msg, UnitOutput):
-            s.on_output(msg)
-        elif isinstance(msg, SolveReport):
-            s.on_report(msg)
-        elif isinstance(msg, SessionClosed):
-            s.finish(True, "closed after its last unit")
-            self._session = None
-            self._free.set()
+        with self._lock:
+            if isinstance(msg, SessionOpened) and self._opening is not None:
+                if not self._sessions:  # the pair started afresh: its ticks count from here
+                    self._ticks.next_tick = msg.tick
+                self._opening.t0 = time.monotonic()
+                self._opening.done.set()
+            elif isinstance(msg, UnitOutput):
+                s = self._sessions.get(msg.slot)
+                unit = self._in_tick.get(msg.unit, {}).get(msg.slot)
+                if s is not None and s.id == msg.session and unit is not None:
+                    msg.unit = unit
+                    s.on_output(msg)
+            elif isinstance(msg, SolveReport):
+                for slot, unit in self._in_tick.get(msg.unit, {}).items():
+                    if (s := self._sessions.get(slot)) is not None:
+                        s.on_report(replace(msg, session=s.id, unit=unit))
+            elif isinstance(msg, SessionClosed):
+                s = self._sessions.get(msg.slot)
+                if s is not None and s.id == msg.session:
+                    del self._sessions[msg.slot]
+                    self._ticks.leave(msg.slot)
+                    s.finish(True, "closed after its last unit")
+                    self._update_free()
 
     def _recover(self, pair: WorkerPair, fault: Fault) -> None:
-        # 3. end the session with the reason, kill the pair, start a new one
+        # 3. end the sessions with the reason, kill the pair, start a new one
         self._ready.clear()
-        self._free.clear()
         pair.kill()
         self._pair = None
         self.faults.append(fault)
-        reason = f"worker fault: {fault}"
-        if self._session is not None:
-            self._session.finish(False, reason)
-            self._session = None
-        if self._opening is not None and not self._opening.done.is_set():
-            self._opening.error = reason
-            self._opening.done.set()
+        self._end_all(f"worker fault: {fault}")
         if self.on_fault is not None:
             self.on_fault(fault)
         if self._closing.is_set():

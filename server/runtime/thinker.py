@@ -111,6 +111,20 @@ class Thinker:
         """No input waiting and no latents outstanding: every output is out."""
         return not self._pending and self._awaiting is None
 
+    @property
+    def active(self) -> bool:
+        """A session is in a slot, or joining one."""
+        return bool(self._sessions or self._joining)
+
+    @property
+    def next_tick(self) -> int:
+        """The tick on_unit expects next."""
+        return self._next_input
+
+    def finished(self, tick: int) -> bool:
+        """Every tick up to `tick` has been decoded (its outputs emitted)."""
+        return all(t > tick for t in (*self._started, *(p[0] for p in self._pending)))
+
     # -- sessions ---------------------------------------------------------------------------
     def join(self, slot: int, character: Character, seed: int) -> None:
         """A session starts in `slot` (idle) at the next tick; `joined` says when."""

@@ -8,9 +8,10 @@ three implementations picked from the hardware.
 
 A message is a `Packet`: a fixed 8-int64 header, then at most one payload tensor whose shape
 follows from the header and the model's static shapes (`WireShapes`), so nothing else is
-negotiated. Packets per session: OPEN (the initial cache: the prefill sinks) and ROWS (the
-new rows of a unit: resp_{n-1}, obs_n, text_n of all layers) go down; LATENTS (z_n) go up;
-CLOSE ends the session; STOP ends the receiving thread at shutdown.
+negotiated. Every packet but JOIN carries the pair's whole batch of slots. Down: OPEN (the
+pair starts afresh: every slot's prefill sinks), JOIN (a session joins in slot `session` at
+tick `unit`: that slot's sinks) and ROWS (the new rows of a tick: resp_{n-1}, obs_n, text_n of
+all layers); up: LATENTS (z_n). STOP ends the receiving thread at shutdown.
 The header carries the sender's `time.monotonic_ns()`, so the receiver measures the transfer.
 No processes are started here, and no liveness is judged: that is the supervisor's job.
 """
@@ -43,18 +44,18 @@ class PacketKind(IntEnum):
     OPEN = 1
     ROWS = 2
     LATENTS = 3
-    CLOSE = 4
+    JOIN = 4
     STOP = 5
 
 
 @dataclass
 class Packet:
     kind: PacketKind
-    session: int
-    unit: int = 0
-    seed: int = 0  # OPEN only: the session's noise seed
+    session: int  # JOIN: the slot
+    unit: int = 0  # ROWS, LATENTS: the tick; JOIN: the session's first tick
+    seed: int = 0  # OPEN, JOIN: the session's noise seed
     rung: int = 0  # ROWS only: the quality ladder's rung to solve the unit at
-    rows: KVRows | None = None  # OPEN, ROWS
+    rows: KVRows | None = None  # OPEN, JOIN, ROWS
     latents: Latents | None = None  # LATENTS
     sent_ns: int = 0  # filled by send()
     nbytes: int = 0  # header + payload, filled by send() and recv()
@@ -83,8 +84,9 @@ class WireShapes:
         return cls(t.n_layers, batch, t.n_kv_heads, t.head_dim, (lay.resp_video, lay.video_token_dim),
                    (lay.resp_audio, lay.audio_token_dim), dtype)
 
-    def rows_shape(self, n: int) -> tuple[int, ...]:
-        return (2, self.layers, self.batch, self.kv_heads, n, self.head_dim)  # k and v stacked
+    def rows_shape(self, n: int, batch: int | None = None) -> tuple[int, ...]:
+        """k and v stacked, of `batch` slots (default: all)."""
+        return (2, self.layers, self.batch if batch is None else batch, self.kv_heads, n, self.head_dim)
 
     def latents_numel(self) -> int:
         return self.batch * (self.resp_video[0] * self.resp_video[1] + self.resp_audio[0] * self.resp_audio[1])
@@ -108,6 +110,8 @@ def payload_shape(header: list[int], shapes: WireShapes) -> tuple[int, ...] | No
     kind = PacketKind(header[0])
     if kind in (PacketKind.OPEN, PacketKind.ROWS):
         return shapes.rows_shape(header[5])
+    if kind is PacketKind.JOIN:
+        return shapes.rows_shape(header[5], batch=1)
     if kind is PacketKind.LATENTS:
         return (shapes.latents_numel(),)
     return None

@@ -31,7 +31,7 @@ from model.attention import Backend
 from model.config import preset
 from model.duplex import DuplexModel, build_model
 from model.streaming import Streamer
-from server.runtime.messages import (EndSession, InputUnit, Ready, Role, SessionClosed,
+from server.runtime.messages import (EndSession, InputTick, Ready, Role, SessionClosed,
                                      SessionOpened, Shutdown, SolveReport, StartSession,
                                      UnitOutput, WorkerFailed)
 from server.runtime.performer import Performer
@@ -51,6 +51,7 @@ class WorkerSpec:
     threads: int  # torch intra-op threads
     heartbeat_s: float
     max_pending: int
+    slots: int  # session slots of the pair: the batch every step runs
     backend: Backend  # the model's kernels
     cuda_graphs: bool
     compile: bool
@@ -98,9 +99,9 @@ class Shell:
         model.transformer.backend = spec.backend
         streamer = Streamer(model, cuda_graphs=spec.cuda_graphs, compile=spec.compile)
         if streamer.compiled is not None:  # before READY: no unit of a call waits for the compiler
-            streamer.compiled.warm_up(media=spec.role is Role.THINKER)
+            streamer.compiled.warm_up(batch=spec.slots, media=spec.role is Role.THINKER)
         lay = model.layout
-        shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype)
+        shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype, batch=spec.slots)
         self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store, side,
                                  max_rows=max(lay.sinks, lay.unit))
         gc.freeze()  # the model and its modules: a full collection no longer walks them (a unit's deadline)
@@ -168,69 +169,80 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
     transport, timer = shell.transport, StageTimer()
     assert transport is not None
     device = streamer.model.text_head.weight.device
-    session, closing = -1, False
-    shipped_ns: dict[int, int] = {}  # unit -> when its rows left
-    latents_in: dict[int, tuple[int, float]] = {}  # unit -> (bytes, seconds) of its latents
+    sessions: dict[int, int] = {}  # slot -> its session id
+    first: dict[int, int] = {}  # slot -> its session's first tick
+    closing: dict[int, int] = {}  # slot -> the last tick its session has a unit in
+    shipped_ns: dict[int, int] = {}  # tick -> when its rows left
+    latents_in: dict[int, tuple[int, float]] = {}  # tick -> (bytes, seconds) of its latents
 
-    def ship(unit: int, rows: Any, rung: int) -> None:
-        p = Packet(PacketKind.ROWS, session, unit=unit, rows=rows, rung=rung)
+    def ship(tick: int, rows: Any, rung: int) -> None:
+        p = Packet(PacketKind.ROWS, 0, unit=tick, rows=rows, rung=rung)
         transport.send(p)
-        shipped_ns[unit] = p.sent_ns
+        shipped_ns[tick] = p.sent_ns
 
     def emit(d: Decoded) -> None:
+        tick = first[d.slot] + d.unit
         media = (d.text[0], d.z.video[0], d.z.audio[0], d.frames[0], d.audio[0])
-        shell.send(UnitOutput(session, d.unit, *(t.cpu().numpy() for t in media), d.stages,
-                              *latents_in.pop(d.unit), shipped_ns=shipped_ns.pop(d.unit)))
+        shell.send(UnitOutput(sessions[d.slot], tick, *(t.cpu().numpy() for t in media), d.stages,
+                              *latents_in[tick], shipped_ns=shipped_ns[tick], slot=d.slot))
 
     def joined(slot: int, seed: int, tick: int, rows: Any, fresh: bool) -> None:
-        # the pair serves one session at a time (one slot): each starts it afresh
-        transport.send(Packet(PacketKind.OPEN, session, seed=seed, rows=rows))
-        shell.send(SessionOpened(session))
+        kind = PacketKind.OPEN if fresh else PacketKind.JOIN
+        transport.send(Packet(kind, slot, unit=tick, seed=seed, rows=rows))
+        first[slot] = tick
+        shell.send(SessionOpened(sessions[slot], tick))
 
-    thinker = Thinker(streamer, ship, emit, timer, max_pending=shell.spec.max_pending, joined=joined)
+    thinker = Thinker(streamer, ship, emit, timer, max_pending=shell.spec.max_pending,
+                      slots=shell.spec.slots, joined=joined)
     for ev in shell.events():
         if isinstance(ev, StartSession):
-            session, closing = ev.session, False
-            timer.clear()
-            thinker.join(0, ev.character.character(), ev.seed)
-        elif isinstance(ev, InputUnit):
-            thinker.on_unit(ev.unit, torch.from_numpy(ev.frames).to(device),
-                            torch.from_numpy(ev.audio).to(device), [ev.text], ev.rung)
+            if not thinker.active:
+                timer.clear()
+            sessions[ev.slot] = ev.session
+            thinker.join(ev.slot, ev.character.character(), ev.seed)
+        elif isinstance(ev, InputTick):
+            thinker.on_unit(ev.tick, torch.from_numpy(ev.frames).to(device),
+                            torch.from_numpy(ev.audio).to(device), ev.texts, ev.rung)
         elif isinstance(ev, Packet) and ev.kind is PacketKind.LATENTS:
             timer.add(ev.unit, "transfer", ev.seconds)
             latents_in[ev.unit] = (ev.nbytes, ev.seconds)
             assert ev.latents is not None
-            thinker.on_latents(ev.unit, ev.latents)
+            thinker.on_latents(ev.unit, ev.latents)  # emits every output of this tick
+            shipped_ns.pop(ev.unit)
+            latents_in.pop(ev.unit)
         elif isinstance(ev, EndSession):
-            closing = True
+            closing[ev.slot] = thinker.next_tick - 1
         else:
             raise TypeError(f"thinker got an unexpected {type(ev).__name__}: {ev!r:.200}")
-        if closing and thinker.idle:
-            thinker.leave(0)
-            transport.send(Packet(PacketKind.CLOSE, session))
-            shell.send(SessionClosed(session))
-            closing = False
+        for slot, last in list(closing.items()):
+            if thinker.finished(last):
+                thinker.leave(slot)
+                shell.send(SessionClosed(sessions.pop(slot), slot))
+                del closing[slot]
 
 
 def performer_loop(shell: Shell, streamer: Streamer) -> None:
     transport = shell.transport
     assert transport is not None
-    performer = Performer(streamer, eval_delay_s=shell.spec.test_eval_delay_s)
+    performer = Performer(streamer, eval_delay_s=shell.spec.test_eval_delay_s, slots=shell.spec.slots)
     for ev in shell.events():
         if not isinstance(ev, Packet):
             raise TypeError(f"performer got an unexpected {type(ev).__name__}: {ev!r:.200}")
         if ev.kind is PacketKind.OPEN:
             assert ev.rows is not None
             performer.open(ev.seed, ev.rows)
+        elif ev.kind is PacketKind.JOIN:
+            assert ev.rows is not None
+            performer.join(ev.session, ev.seed, ev.unit, ev.rows)
         elif ev.kind is PacketKind.ROWS:
             assert ev.rows is not None
             solved = performer.on_rows(ev.rows, ev.rung)
-            out = Packet(PacketKind.LATENTS, ev.session, unit=solved.unit, latents=solved.z)
+            out = Packet(PacketKind.LATENTS, 0, unit=solved.unit, latents=solved.z)
             transport.send(out)
             stages = {**solved.stages, "transfer": ev.seconds}
-            shell.send(SolveReport(ev.session, solved.unit, stages, ev.nbytes, ev.seconds, out.sent_ns))
-        elif ev.kind is not PacketKind.CLOSE:
-            raise ValueError(f"performer got a {ev.kind.name} packet; expected OPEN, ROWS or CLOSE")
+            shell.send(SolveReport(0, solved.unit, stages, ev.nbytes, ev.seconds, out.sent_ns))
+        else:
+            raise ValueError(f"performer got a {ev.kind.name} packet; expected OPEN, JOIN or ROWS")
 
 
 def worker_main(spec: WorkerSpec, conn: Connection, heartbeats: Any, steps: Any,

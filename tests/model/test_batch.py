@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 from torch import Tensor
+from torch._dynamo.utils import counters as dynamo_counters
 
 from model.config import tiny
 from model.duplex import Latents, build_model
@@ -84,6 +85,9 @@ def test_a_batch_of_sessions_equals_each_session_alone(backend: str, compiled: b
     calls = _calls(model)
     expected = {id(c): _alone(Streamer(model), c, spu) for c in calls}
     s = Streamer(model, compile=True, compile_cache_dir=str(tmp_path)) if compiled else Streamer(model)
+    if compiled:
+        s.compiled.warm_up(batch=3)
+        graphs = dynamo_counters["stats"]["unique_graphs"]
 
     st = s.new_state(batch=3)
     idle = _unit_inputs(calls[0], 0, spu)  # what a slot without a call is fed (ignored)
@@ -106,6 +110,9 @@ def test_a_batch_of_sessions_equals_each_session_alone(backend: str, compiled: b
                                            msg=lambda m: f"{key} of the call in slot {c.slot}, unit {n}: {m}")
             compared += 1
     assert compared == sum(c.units for c in calls)
+    if compiled:  # warm_up compiled the batch's shapes, joined slots (masked) included: no call waits
+        assert dynamo_counters["stats"]["unique_graphs"] == graphs, "a graph was compiled after warm_up"
+        assert s.compiled.failed == []
 
 
 def test_a_slot_that_joins_sees_nothing_of_the_call_before_it(model, character) -> None:

@@ -1,5 +1,5 @@
-"""100 callers that vanish without hanging up, in a row, against one daemon (4 call slots, so
-four at a time), leak nothing: no session, no KV row, no worker process; every call is counted
+"""100 callers that vanish without hanging up, in a row, against one daemon (2 worker pairs of
+2 call slots each, so four at a time), leak nothing: no session, no KV row, no worker process; every call is counted
 as dropped; the daemon stays ready, with the same worker processes, and a normal call after
 them gets its 25 fps and its model units.
 
@@ -22,8 +22,9 @@ from tests.server.call_client import CallClient, rates
 from tests.server.call_helpers import metric
 
 pytestmark = pytest.mark.timeout(240)
-SLOTS = 4
-DAEMON_ARGS = ("--max-sessions", str(SLOTS), "--liveness-s", "1", "--connect-timeout-s", "2")
+PAIRS, SLOTS = 2, 4  # calls at once: 2 a pair
+DAEMON_ARGS = ("--pairs", str(PAIRS), "--max-sessions", str(SLOTS // PAIRS), "--liveness-s", "1",
+               "--connect-timeout-s", "2")
 CALLS = 100
 KINDS = ("tab_closed", "ice_failed", "no_bye")
 # how the daemon ends each kind (its log line "call <id>: ended (<outcome>): <reason>")
@@ -67,10 +68,10 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 async def test_100_abrupt_disconnects_leak_no_session_kv_row_or_worker(daemon):
-    await wait_until(lambda: daemon.log_text().count("worker pair ready") >= SLOTS, 120,
-                     f"the daemon's {SLOTS} worker pairs did not all start")
+    await wait_until(lambda: daemon.log_text().count("worker pair ready") >= PAIRS, 120,
+                     f"the daemon's {PAIRS} worker pairs did not all start")
     workers = set(daemon.descendants())
-    assert len(workers) >= 2 * SLOTS, f"expected a thinker and a performer per slot, found {workers}"
+    assert len(workers) >= 2 * PAIRS, f"expected a thinker and a performer per pair, found {workers}"
     kinds = itertools.cycle(KINDS)
     todo = [next(kinds) for _ in range(CALLS)]
     done: dict[str, str] = {}  # session -> kind

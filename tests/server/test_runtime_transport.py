@@ -25,19 +25,23 @@ def _roundtrip(p: Packet, shapes: WireShapes) -> Packet:
 
 def test_packets_survive_encode_and_decode_bit_for_bit() -> None:
     cfg = tiny()
-    shapes = WireShapes.of(cfg)
+    shapes = WireShapes.of(cfg, batch=3)  # a pair of 3 session slots
     g = torch.Generator().manual_seed(0)
     k, v = (torch.randn(shapes.rows_shape(7)[1:], generator=g) for _ in range(2))
     rows = _roundtrip(Packet(PacketKind.ROWS, session=3, unit=5, rows=KVRows(40, k, v)), shapes)
     assert (rows.kind, rows.session, rows.unit, rows.rows.start) == (PacketKind.ROWS, 3, 5, 40)
     assert torch.equal(rows.rows.k, k) and torch.equal(rows.rows.v, v)
     assert rows.nbytes == tr.HEADER * 8 + 2 * k.nbytes and rows.seconds >= 0
-    z = Latents(torch.randn(1, *shapes.resp_video, generator=g), torch.randn(1, *shapes.resp_audio, generator=g))
+    z = Latents(torch.randn(3, *shapes.resp_video, generator=g), torch.randn(3, *shapes.resp_audio, generator=g))
     lat = _roundtrip(Packet(PacketKind.LATENTS, session=3, unit=5, latents=z), shapes)
     assert torch.equal(lat.latents.video, z.video) and torch.equal(lat.latents.audio, z.audio)
     opened = _roundtrip(Packet(PacketKind.OPEN, session=4, seed=11, rows=KVRows(0, k, v)), shapes)
     assert (opened.kind, opened.seed) == (PacketKind.OPEN, 11)
-    assert _roundtrip(Packet(PacketKind.CLOSE, session=4), shapes).kind is PacketKind.CLOSE
+    one = KVRows(0, k[:, 1:2], v[:, 1:2])  # a join: one slot's rows
+    joined = _roundtrip(Packet(PacketKind.JOIN, session=1, unit=9, seed=12, rows=one), shapes)
+    assert (joined.kind, joined.session, joined.unit, joined.seed) == (PacketKind.JOIN, 1, 9, 12)
+    assert torch.equal(joined.rows.k, one.k) and torch.equal(joined.rows.v, one.v)
+    assert _roundtrip(Packet(PacketKind.STOP, session=0), shapes).kind is PacketKind.STOP
 
 
 @pytest.mark.parametrize("gpus, auto", [(0, "gloo"), (1, "ipc"), (2, "nccl"), (8, "nccl")])

@@ -1,0 +1,131 @@
+"""`duplex bench latency --sessions 1,2,4`: N synthetic calls at once, on one pair of N slots
+(one batched step a tick) and on N pairs of one slot each, side by side, at the top rung and at
+the lowest rung of the quality ladder (fixed for the run, so the two layouts do the same work).
+
+Each call hands its units over on its own unit clock, the N clocks a 1/N unit apart (calls
+start at random moments; on one pair the tick waits for the latest of them: at most one unit).
+Per run: each call's missed-or-skipped fraction (a unit is missed when either role handed it
+on after the next unit was due) and signal-to-signal p99, and the units delivered in time per
+second per core. A layout holds real time for N calls when every call misses at most
+HOLDS_MISSED of its units. Writes bench/results/<date>_<device>_<preset>_sessions.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import threading
+import time
+from typing import Any
+
+from bench.model_step import device_name, git_commit
+from bench.record import result_stem, write_json
+from model.config import UNIT_SECONDS, preset
+from server.runtime.session import Session, SessionEnded
+from server.runtime.supervisor import RuntimeConfig, Supervisor
+from server.runtime.synthetic import synthetic_character, synthetic_unit
+from server.runtime.timings import RunStats
+from server.runtime.transport import pick_transport, worker_device
+
+HOLDS_MISSED = 0.05
+LAYOUTS = ("one_pair", "separate_pairs")
+
+
+def drive_all(sessions: list[Session], cfg: Any, units: int) -> list[list[int]]:
+    """Hand every call's unit n over at its due time, the calls' clocks 1/N unit apart, from
+    one thread in due order; consumers drain the outputs. Returns each call's skipped units."""
+    n_calls, t0 = len(sessions), time.monotonic() + 0.5
+    for i, s in enumerate(sessions):
+        s.clock.start(t0 + i * UNIT_SECONDS / n_calls)
+    stop = threading.Event()
+
+    def consume(s: Session) -> None:
+        while not stop.is_set():
+            s.outputs.get(timeout=0.1)
+
+    consumers = [threading.Thread(target=consume, args=(s,), daemon=True) for s in sessions]
+    for c in consumers:
+        c.start()
+    inputs = [[synthetic_unit(cfg, i, n) for n in range(8)] for i in range(n_calls)]  # made ahead
+    skipped: list[list[int]] = [[] for _ in sessions]
+    try:
+        for n in range(units):
+            for i, s in enumerate(sessions):
+                s.clock.wait_due(n)
+                try:
+                    if s.submit(*inputs[i][n % 8], clock_unit=n) is None:
+                        skipped[i].append(n)
+                except SessionEnded:
+                    skipped[i].append(n)
+    finally:
+        for s in sessions:
+            s.close(timeout=30)
+        stop.set()
+        for c in consumers:
+            c.join()
+    return skipped
+
+
+def run(rc: RuntimeConfig, layout: str, n_calls: int, rung: str, units: int) -> dict[str, Any]:
+    cfg = preset(rc.preset)
+    pairs, slots = (1, n_calls) if layout == "one_pair" else (n_calls, 1)
+    sups = [Supervisor(rc.model_copy(update={"slots": slots})) for _ in range(pairs)]
+    stats = [RunStats() for _ in range(n_calls)]
+    try:
+        for sup in sups:
+            sup.start()
+            sup.measure()  # warm-up units, as the daemon runs before it serves
+        sessions = []
+        for i in range(n_calls):
+            s = sups[i % pairs].open_session(synthetic_character(cfg, seed=1 + i), seed=i, start_clock=False,
+                                             sink=stats[i])
+            s.fixed_rung = 0 if rung == "top" else len(s.ladder) - 1
+            sessions.append(s)
+        steps = sessions[0].ladder[sessions[0].fixed_rung].steps
+        started = time.monotonic()
+        skipped = drive_all(sessions, cfg, units)
+        seconds = time.monotonic() - started
+    finally:
+        for sup in sups:
+            sup.close()
+    calls = []
+    for st, sk in zip(stats, skipped):
+        missed = sum(any(r.late.values()) for r in st.records) + len(sk)
+        calls.append({"missed_fraction": missed / units, "skipped": len(sk),
+                      "signal_to_signal_p99_ms": st.signal_to_signal_ms()["p99"] if st.records else None})
+    in_time = sum(units * (1 - c["missed_fraction"]) for c in calls)
+    cores = len(os.sched_getaffinity(0))
+    return {"layout": layout, "pairs": pairs, "slots": slots, "calls": n_calls, "rung": rung, "steps": steps,
+            "units": units, "seconds": round(seconds, 2), "per_call": calls,
+            "worst_missed_fraction": max(c["missed_fraction"] for c in calls),
+            "units_in_time_per_s_per_core": round(in_time / seconds / cores, 3),
+            "holds_real_time": all(c["missed_fraction"] <= HOLDS_MISSED for c in calls)}
+
+
+def main(args: argparse.Namespace) -> int:
+    counts = sorted({int(x) for x in str(args.sessions).split(",")})
+    rc = RuntimeConfig(preset=args.preset, transport=args.transport, threads=args.threads,
+                       backend=args.backend, cuda_graphs=args.cuda_graphs, compile=args.compile)
+    runs = []
+    print(f"{'calls':>5} {'rung':>6} {'layout':>15} {'worst missed':>13} {'s2s p99 ms':>11} {'in time/s/core':>15}")
+    for rung in ("top", "lowest"):
+        for n in counts:
+            for layout in LAYOUTS:
+                r = run(rc, layout, n, rung, args.units)
+                runs.append(r)
+                p99 = max((c["signal_to_signal_p99_ms"] or 0) for c in r["per_call"])
+                print(f"{n:>5} {rung:>6} {layout:>15} {100 * r['worst_missed_fraction']:12.1f}% {p99:11.1f} "
+                      f"{r['units_in_time_per_s_per_core']:15.2f}", flush=True)
+    largest = {f"{layout}@{rung}": max([r["calls"] for r in runs if r["layout"] == layout and r["rung"] == rung
+                                        and r["holds_real_time"]], default=0)
+               for layout in LAYOUTS for rung in ("top", "lowest")}
+    transport = pick_transport(args.transport)
+    device = device_name(worker_device(transport, 1))
+    result = {"bench": "latency-sessions", "preset": args.preset, "transport": transport, "device": device,
+              "commit": git_commit(), "date": dt.datetime.now().isoformat(timespec="seconds"),
+              "holds_missed": HOLDS_MISSED, "largest_calls_holding_real_time": largest, "runs": runs}
+    stem = result_stem(args.out, device, args.preset, "sessions")
+    write_json(result, stem)
+    print("largest N holding real time: " + ", ".join(f"{k} {v}" for k, v in largest.items()))
+    print(f"wrote {stem}.json")
+    return 0
