@@ -8,8 +8,9 @@ Steps, each a subprocess with its own time limit (the run stops at 8 minutes wha
   sessions N        base, a batch of N sessions (2, 4, 8) in one model against one session
                     (bench model-step --sessions N): the per-session cost and the gain
   latency           base on one worker pair over `ipc`: the real-time run of one call
-The latency of N calls on one pair waits for the runtime to step a pair's slots together (the
-model's batch is what `sessions N` measures). `--dry-run` runs the same steps at CPU sizes (the
+  latency N calls   base, 1, 2, 4 and 8 calls at once on one pair over `ipc` (bench latency
+                    --sessions): each call's misses and latency, at the top rung
+`--dry-run` runs the same steps at CPU sizes (the
 tiny preset, fp32, sdpa, gloo): it proves the script on any machine (tests/bench/test_gpu_check.py)
 and measures nothing worth recording.
 """
@@ -30,6 +31,7 @@ from bench.record import RESULTS
 
 BUDGET_S = 480.0
 SESSIONS = (2, 4, 8)
+CALLS = (1, 2, 4, 8)  # calls at once on one pair
 DUPLEX = [sys.executable, "-m", "server.cli"]
 
 
@@ -70,6 +72,13 @@ def sessions_figure(_: Path, stdout: str) -> str:
             f"{many['performer']['p50'] / n:.1f} ms; gain {gain['thinker']:.2f}x / {gain['performer']:.2f}x")
 
 
+def calls_figure(_: Path, stdout: str) -> str:
+    r = _json_out(stdout)
+    held = ", ".join(f"{x['calls']}: {100 * x['worst_missed_fraction']:.0f} % missed, s2s p99 "
+                     f"{max(c['signal_to_signal_p99_ms'] or 0 for c in x['per_call']):.0f} ms" for x in r["runs"])
+    return f"calls on one pair: {held}"
+
+
 def latency_figure(_: Path, stdout: str) -> str:
     r = _json_out(stdout)
     s2s = r["signal_to_signal_ms"]
@@ -101,6 +110,11 @@ def steps(out: Path, dry_run: bool) -> list[Step]:
                   sessions_figure) for n in SESSIONS]
     plan.append(Step(f"latency {presets[0]}, 1 call", [*DUPLEX, "bench", "latency", "--preset", presets[0],
                                                        *latency, *rec], 75, latency_figure))
+    calls = ["--sessions", ",".join(map(str, CALLS)), "--layouts", "one_pair", "--rungs", "top",
+             "--units", "10" if dry_run else "60"]
+    plan.append(Step(f"latency {presets[0]}, calls on one pair",
+                     [*DUPLEX, "bench", "latency", "--preset", presets[0], *latency, *calls, *rec],
+                     120, calls_figure))
     return plan
 
 

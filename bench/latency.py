@@ -201,6 +201,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--peak-bw", type=float, help="peak memory bytes/s (default: measured)")
     ap.add_argument("--sessions", help="N calls at once, a comma list (1,2,4): on one pair of N slots and "
                                        "on N pairs, at the top and the lowest rung (bench/latency_sessions.py)")
+    ap.add_argument("--layouts", default="one_pair,separate_pairs", help="with --sessions: which to run")
+    ap.add_argument("--rungs", default="top,lowest", help="with --sessions: at which rungs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", action="store_true", help="print the JSON instead of the table")
     args = ap.parse_args(argv)

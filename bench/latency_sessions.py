@@ -2,21 +2,26 @@
 (one batched step a tick) and on N pairs of one slot each, side by side, at the top rung and at
 the lowest rung of the quality ladder (fixed for the run, so the two layouts do the same work).
 
-Each call hands its units over on its own unit clock, the N clocks a 1/N unit apart (calls
-start at random moments; on one pair the tick waits for the latest of them: at most one unit).
+Each call hands its units over on its own unit clock, the calls starting a 1/N unit apart (as
+calls start at any moment): on one pair their clocks start on the pair's grid, so their units
+fall due together; separate pairs keep the offsets.
 Per run: each call's missed-or-skipped fraction (a unit is missed when either role handed it
-on after the next unit was due) and signal-to-signal p99, and the units delivered in time per
-second per core. A layout holds real time for N calls when every call misses at most
+on after the next unit was due) and signal-to-signal p99, the units delivered in time per
+second per core, and the compute a call's unit costs (both roles' stages a tick, p50, over the
+calls sharing the tick: what batching saves). A layout holds real time for N calls when every call misses at most
 HOLDS_MISSED of its units. Writes bench/results/<date>_<device>_<preset>_sessions.json.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import threading
 import time
 from typing import Any
+
+import numpy as np
 
 from bench.model_step import device_name, git_commit
 from bench.record import result_stem, write_json
@@ -29,11 +34,12 @@ from server.runtime.transport import pick_transport, worker_device
 
 HOLDS_MISSED = 0.05
 LAYOUTS = ("one_pair", "separate_pairs")
+RUNGS = ("top", "lowest")
 
 
 def drive_all(sessions: list[Session], cfg: Any, units: int) -> list[list[int]]:
-    """Hand every call's unit n over at its due time, the calls' clocks 1/N unit apart, from
-    one thread in due order; consumers drain the outputs. Returns each call's skipped units."""
+    """Hand every call's unit n over at its due time, the calls started 1/N unit apart, from
+    one thread; consumers drain the outputs. Returns each call's skipped units."""
     n_calls, t0 = len(sessions), time.monotonic() + 0.5
     for i, s in enumerate(sessions):
         s.clock.start(t0 + i * UNIT_SECONDS / n_calls)
@@ -95,30 +101,39 @@ def run(rc: RuntimeConfig, layout: str, n_calls: int, rung: str, units: int) -> 
                       "signal_to_signal_p99_ms": st.signal_to_signal_ms()["p99"] if st.records else None})
     in_time = sum(units * (1 - c["missed_fraction"]) for c in calls)
     cores = len(os.sched_getaffinity(0))
+    # both roles' compute a tick (transfers are waits, not work), shared by the calls in it
+    work = [sum(v for st in r.stages.values() for k, v in st.items() if k != "transfer") / slots
+            for st_ in stats for r in st_.records]
     return {"layout": layout, "pairs": pairs, "slots": slots, "calls": n_calls, "rung": rung, "steps": steps,
             "units": units, "seconds": round(seconds, 2), "per_call": calls,
             "worst_missed_fraction": max(c["missed_fraction"] for c in calls),
             "units_in_time_per_s_per_core": round(in_time / seconds / cores, 3),
+            "compute_ms_per_call_unit": round(1e3 * float(np.median(work)), 2),
             "holds_real_time": all(c["missed_fraction"] <= HOLDS_MISSED for c in calls)}
 
 
 def main(args: argparse.Namespace) -> int:
     counts = sorted({int(x) for x in str(args.sessions).split(",")})
+    layouts, rungs = args.layouts.split(","), args.rungs.split(",")
+    if not set(layouts) <= set(LAYOUTS) or not set(rungs) <= set(RUNGS):
+        raise SystemExit(f"--layouts takes {','.join(LAYOUTS)}, --rungs {','.join(RUNGS)}")
     rc = RuntimeConfig(preset=args.preset, transport=args.transport, threads=args.threads,
                        backend=args.backend, cuda_graphs=args.cuda_graphs, compile=args.compile)
     runs = []
-    print(f"{'calls':>5} {'rung':>6} {'layout':>15} {'worst missed':>13} {'s2s p99 ms':>11} {'in time/s/core':>15}")
-    for rung in ("top", "lowest"):
+    say = (lambda *a, **k: None) if args.json else print  # --json: the JSON alone on stdout
+    say(f"{'calls':>5} {'rung':>6} {'layout':>15} {'worst missed':>13} {'s2s p99 ms':>11} {'in time/s/core':>15} "
+        f"{'ms/call-unit':>13}")
+    for rung in rungs:
         for n in counts:
-            for layout in LAYOUTS:
+            for layout in layouts:
                 r = run(rc, layout, n, rung, args.units)
                 runs.append(r)
                 p99 = max((c["signal_to_signal_p99_ms"] or 0) for c in r["per_call"])
-                print(f"{n:>5} {rung:>6} {layout:>15} {100 * r['worst_missed_fraction']:12.1f}% {p99:11.1f} "
-                      f"{r['units_in_time_per_s_per_core']:15.2f}", flush=True)
+                say(f"{n:>5} {rung:>6} {layout:>15} {100 * r['worst_missed_fraction']:12.1f}% {p99:11.1f} "
+                    f"{r['units_in_time_per_s_per_core']:15.2f} {r['compute_ms_per_call_unit']:13.1f}", flush=True)
     largest = {f"{layout}@{rung}": max([r["calls"] for r in runs if r["layout"] == layout and r["rung"] == rung
                                         and r["holds_real_time"]], default=0)
-               for layout in LAYOUTS for rung in ("top", "lowest")}
+               for layout in layouts for rung in rungs}
     transport = pick_transport(args.transport)
     device = device_name(worker_device(transport, 1))
     result = {"bench": "latency-sessions", "preset": args.preset, "transport": transport, "device": device,
@@ -126,6 +141,8 @@ def main(args: argparse.Namespace) -> int:
               "holds_missed": HOLDS_MISSED, "largest_calls_holding_real_time": largest, "runs": runs}
     stem = result_stem(args.out, device, args.preset, "sessions")
     write_json(result, stem)
-    print("largest N holding real time: " + ", ".join(f"{k} {v}" for k, v in largest.items()))
-    print(f"wrote {stem}.json")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    say("largest N holding real time: " + ", ".join(f"{k} {v}" for k, v in largest.items()))
+    say(f"wrote {stem}.json")
     return 0

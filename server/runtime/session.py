@@ -7,8 +7,10 @@ Real time on any machine (DESIGN: "Real time on any machine"):
   skips    at most `max_lag_units` units are in flight (handed over, output not back); an input
            unit that comes when that many are in flight is stale before it could start: it is
            skipped (never handed to the thinker), counted, and the caller's playout holds the
-           last frame and plays silence for it. The model's own unit counter stays dense: model
-           unit n is the n-th unit handed over, whatever its unit on the clock (`clock_unit`).
+           last frame and plays silence for it. So is a unit that comes after the pair's tick
+           it is due in has gone without it (ticks.py: a call more than half a unit late). The
+           model's own unit counter stays dense: model unit n is the n-th unit handed over,
+           whatever its unit on the clock (`clock_unit`).
   A session ends only when it is closed or for a fault, never for slowness.
 Bounds, so that nothing grows with a slow consumer or a slow pair:
   outputs  an OutputQueue of `output_queue` units; when full the oldest is dropped and counted
@@ -92,7 +94,9 @@ class SessionEnd:
     skipped: int = 0  # input units skipped because the pair was behind
 
 
-SendInput = Callable[[int, np.ndarray, np.ndarray, bytes, int], None]  # (unit, frames, audio, text, rung)
+# (unit, its clock unit, frames, audio, text, rung) -> taken: False when the pair's tick it is
+# due in has formed already (it came too late: the session skips it)
+SendInput = Callable[[int, int, np.ndarray, np.ndarray, bytes, int], bool]
 
 
 class Session:
@@ -131,7 +135,8 @@ class Session:
         """Hand over input unit `clock_unit` of the clock (default: the one after the last;
         frames (1, 4, 3, H, W), audio (1, samples), float32 in [-1, 1]; `text`, UTF-8 typed
         since the last unit). Returns its model unit, or None when it was skipped because
-        `max_lag_units` units are still in flight. Raises SessionEnded once it is over."""
+        `max_lag_units` units are still in flight or its tick has gone. Raises SessionEnded
+        once it is over."""
         with self._lock:
             if self.end is not None:
                 raise SessionEnded(self.end.reason)
@@ -147,11 +152,16 @@ class Session:
             else:
                 self.units_in += 1
                 self._partial[n] = _Partial(time.monotonic(), c, rung)
+        if not skip and not self._send_input(n, c, frames, audio, text, rung):
+            with self._lock:  # too late for its tick: skipped after all, n is the next unit's
+                skip = True
+                self.skipped += 1
+                self.units_in -= 1
+                del self._partial[n]
         if skip:
             if self._on_skip is not None:
                 self._on_skip(c)
             return None
-        self._send_input(n, frames, audio, text, rung)
         return n
 
     def close(self, timeout: float = 30.0) -> SessionEnd:

@@ -126,6 +126,7 @@ class Supervisor:
         self._ticks: TickAssembler | None = None
         self._in_tick: dict[int, dict[int, int]] = {}  # tick -> {slot: its session's unit}
         self._ending: dict[int, int] = {}  # slot -> session: asked to end, units still waiting
+        self._grid = UnitClock()  # the pair's: its calls' clocks start on its boundaries
         self._ready = threading.Event()  # a pair is up
         self._free = threading.Event()  # ... and has a free slot
         self._closing = threading.Event()
@@ -252,8 +253,12 @@ class Supervisor:
             raise TimeoutError(f"session {sid}: prefill not done within {self.cfg.open_timeout_s} s")
         if opening.error:
             raise RuntimeError(f"session {sid} could not start: {opening.error}")
-        session = Session(sid, UnitClock(opening.t0 if start_clock else None),
-                          send_input=lambda n, f, a, t, r: self._put(slot, Unit(n, f, a, t, r, time.monotonic())),
+        clock = UnitClock(grid=self._grid)
+        if start_clock:
+            clock.start(opening.t0)
+        session = Session(sid, clock,
+                          send_input=lambda n, c, f, a, t, r: self._put(slot, Unit(n, f, a, t, r, time.monotonic(),
+                                                                                   clock.due(c))),
                           request_end=lambda s: self._end(slot, s),
                           sink=self.sink if sink is None else sink, output_queue=self.cfg.output_queue,
                           max_lag_units=self.cfg.max_lag_units, ladder=self.ladder,
@@ -263,16 +268,22 @@ class Supervisor:
             if self._opening is opening:  # not ended by a fault meanwhile
                 self._sessions[slot] = session
                 self._opening = None
-                self._ticks.join(slot)
+                self._ticks.join(slot, started=lambda: clock.started)
             else:
                 session.finish(False, opening.error or "the pair was restarted")
         return session
 
     # -- ticks ------------------------------------------------------------------------------
-    def _put(self, slot: int, unit: Unit) -> None:
+    def _put(self, slot: int, unit: Unit) -> bool:
+        """False: the unit's tick has gone without it (the session skips it)."""
         with self._lock:
-            if self._sessions.get(slot) is not None and self._ticks is not None:
-                self._send_ticks(self._ticks.put(slot, unit, unit.at))
+            if self._sessions.get(slot) is None or self._ticks is None:
+                return True  # the session is ending: Session.submit raises from now on
+            ticks = self._ticks.put(slot, unit, unit.at)
+            if ticks is None:
+                return False
+            self._send_ticks(ticks)
+            return True
 
     def _end(self, slot: int, session: Session) -> None:
         """The session hands over nothing more: once its last unit is in a tick, the thinker
@@ -312,6 +323,7 @@ class Supervisor:
             self._in_tick.clear()
             if self._ticks is not None:
                 self._ticks.reset()
+            self._grid = UnitClock()
             if self._opening is not None and not self._opening.done.is_set():
                 self._opening.error = reason
                 self._opening.done.set()
@@ -404,7 +416,7 @@ class Supervisor:
         with self._lock:
             if isinstance(msg, SessionOpened) and self._opening is not None:
                 if not self._sessions:  # the pair started afresh: its ticks count from here
-                    self._ticks.next_tick = msg.tick
+                    self._ticks.reset(msg.tick)
                 self._opening.t0 = time.monotonic()
                 self._opening.done.set()
             elif isinstance(msg, UnitOutput):
@@ -424,6 +436,8 @@ class Supervisor:
                     self._ticks.leave(msg.slot)
                     s.finish(True, "closed after its last unit")
                     self._update_free()
+                    if not self._sessions and self._opening is None:
+                        self._grid = UnitClock()  # the next call starts the pair's clock afresh
 
     def _recover(self, pair: WorkerPair, fault: Fault) -> None:
         # 3. end the sessions with the reason, kill the pair, start a new one

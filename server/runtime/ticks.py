@@ -1,13 +1,14 @@
 """The pair's tick: one input unit of every session slot, batched, for the thinker's one step.
 
-Each session hands its units over on its own unit clock (they start with each call's first
-media, so their phases differ); the pair steps all its slots at once. A tick forms:
-  - when every session that has handed over a unit has its next one waiting: the sessions'
-    units meet at the latest phase among them, so a unit waits at most one unit (160 ms), or
-  - when the oldest unit waiting has waited `wait_s`: a session late by more than that gets
-    filler in that tick (its last frames held, silence) and its late unit goes into the next.
-A session that has not handed over a unit yet (no media yet) never holds a tick up; nor does a
-closing one. An idle slot's rows are zeros. A filler unit's output is nobody's: the thinker
+Each session hands its units over on its own unit clock, and the clocks of a pair's calls
+start on the pair's grid (unit_clock.py), so their units fall due together: a tick is the
+units due at one moment of the grid (`Unit.due`). It forms:
+  - when every session whose clock has started has a unit waiting, or
+  - when its first unit has waited `wait_s` past its due time: a session later than that gets filler in
+    that tick (its last frames held, silence), and its unit due then, when it comes, is not
+    taken (the session skips it, as when its pair is behind): it never trails by a tick.
+A session whose clock has not started (no media yet) never holds a tick up; nor does a closing
+one. An idle slot's rows are zeros. A filler unit's output is nobody's: the thinker
 steps the slot (one batch), the supervisor drops what comes out of it (`Tick.units` lacks it).
 The rung of a tick is the lowest quality any of its units asked for.
 
@@ -16,10 +17,16 @@ calls it under its lock and sends the ticks it returns.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
+
+from model.config import UNIT_SECONDS
+
+SAME_TICK_S = 0.25 * UNIT_SECONDS  # due times closer than this are one tick of the grid
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Unit:
     text: bytes
     rung: int
     at: float  # time.monotonic() when it was handed over
+    due: float  # when its clock says it is due: the same for every call of the pair's tick
 
 
 @dataclass
@@ -45,9 +53,9 @@ class Tick:
 
 @dataclass
 class _Slot:
+    started: Callable[[], bool]  # its clock has started: ticks wait for its units
     waiting: deque[Unit] = field(default_factory=deque)
     held: np.ndarray | None = None  # the last frames handed over: a late unit's filler
-    started: bool = False  # has handed over a unit: ticks wait for it from now on
     closing: bool = False
 
 
@@ -57,9 +65,11 @@ class TickAssembler:
         self._frame_shape, self._samples = frame_shape, samples  # one unit's (4, H, W, 3)
         self._live: dict[int, _Slot] = {}
         self.next_tick = 0
+        self._formed = -math.inf  # the due time of the last tick formed
 
-    def join(self, slot: int) -> None:
-        self._live[slot] = _Slot()
+    def join(self, slot: int, started: Callable[[], bool]) -> None:
+        """A session in `slot`; `started()`: its clock has started (its units will come)."""
+        self._live[slot] = _Slot(started)
 
     def leave(self, slot: int) -> None:
         self._live.pop(slot, None)
@@ -74,37 +84,43 @@ class TickAssembler:
         s = self._live.get(slot)
         return s is None or not s.waiting
 
-    def reset(self) -> None:
-        """The pair starts afresh (its last session left, or it was restarted)."""
+    def reset(self, next_tick: int = 0) -> None:
+        """The pair starts afresh (its last session left, or it was restarted): a new grid."""
         self._live.clear()
-        self.next_tick = 0
+        self.next_tick = next_tick
+        self._formed = -math.inf
 
-    def put(self, slot: int, unit: Unit, now: float) -> list[Tick]:
-        """`slot`'s session hands over `unit`; the ticks that form now (at most a few)."""
-        s = self._live[slot]
-        s.waiting.append(unit)
-        s.started = True
+    def put(self, slot: int, unit: Unit, now: float) -> list[Tick] | None:
+        """`slot`'s session hands over `unit`; the ticks that form now (at most a few), or None
+        when the tick it is due in has formed already: it is not taken."""
+        if unit.due < self._formed + SAME_TICK_S:
+            return None
+        self._live[slot].waiting.append(unit)
         return self.due(now)
 
     def due(self, now: float) -> list[Tick]:
         """The ticks that form by `now`: every started session has a unit waiting, or the
-        oldest waiting unit has waited `wait_s`."""
+        next tick's first unit has waited `wait_s`."""
         ticks = []
         while True:
-            waiting = [s.waiting[0].at for s in self._live.values() if s.waiting]
-            if not waiting:
+            first = [s.waiting[0] for s in self._live.values() if s.waiting]
+            if not first:
                 return ticks
-            complete = all(s.waiting for s in self._live.values() if s.started and not s.closing)
-            if not (complete or now - min(waiting) >= self.wait_s):
+            due = min(u.due for u in first)
+            complete = all(s.waiting for s in self._live.values() if s.started() and not s.closing)
+            # (from its due time: a unit handed over ahead of its clock makes no one late)
+            waited = now - min(max(u.at, u.due) for u in first if u.due < due + SAME_TICK_S)
+            if not (complete or waited >= self.wait_s):
                 return ticks
-            ticks.append(self._form())
+            ticks.append(self._form(due))
 
-    def _form(self) -> Tick:
+    def _form(self, due: float) -> Tick:
         frames = np.zeros((self.slots, *self._frame_shape), np.uint8)
         audio = np.zeros((self.slots, self._samples), np.float32)
         texts, units, rung = [b""] * self.slots, {}, 0
+        self._formed = due
         for slot, s in self._live.items():
-            if s.waiting:
+            if s.waiting and s.waiting[0].due < due + SAME_TICK_S:
                 u = s.waiting.popleft()
                 frames[slot], audio[slot], texts[slot] = u.frames[0], u.audio[0], u.text
                 s.held, units[slot], rung = u.frames[0], u.unit, max(rung, u.rung)

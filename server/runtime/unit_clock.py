@@ -3,7 +3,10 @@
 The clock starts with the call's first media, not when the session opens: ICE through a slow
 TURN server, or a slow first frame, may take seconds after the prefill, and a clock already
 running would make the first units overdue at once. A clock is made unstarted, shared by the
-session and the front end, and started once (`start`, the first call wins).
+session and the front end, and started once (`start`, the first call wins). The calls of one
+worker pair run on its grid (`grid`, a clock the pair's first call starts): a call's unit 0
+starts at the grid's last boundary before its first media, so every call's units fall due
+together and the pair's tick waits for nobody (a call's first unit is shorter, once).
 
 Unit n's input spans [t0 + P n, t0 + P (n + 1)), so it is complete (due) at t0 + P (n + 1).
 Each role must hand unit n on (the thinker: its KV rows shipped; the performer: z_n sent)
@@ -15,6 +18,7 @@ This module only does arithmetic on the clock; it never sleeps except in `wait_d
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,6 +29,7 @@ from model.config import UNIT_SECONDS
 class UnitClock:
     t0: float | None = None  # time.monotonic() at the start of unit 0; None until started
     period: float = UNIT_SECONDS
+    grid: "UnitClock | None" = None  # the pair's: this clock's units start on its boundaries
 
     @classmethod
     def started_now(cls, period: float = UNIT_SECONDS) -> "UnitClock":
@@ -35,8 +40,13 @@ class UnitClock:
         return self.t0 is not None
 
     def start(self, t0: float) -> None:
-        """Unit 0 starts at `t0` (the first media); later calls change nothing."""
+        """Unit 0 starts at `t0` (the first media), or at the grid's last boundary before it;
+        later calls change nothing."""
         if self.t0 is None:
+            if self.grid is not None:
+                self.grid.start(t0)
+                assert self.grid.t0 is not None
+                t0 = self.grid.t0 + self.period * math.floor((t0 - self.grid.t0) / self.period)
             self.t0 = t0
 
     def due(self, unit: int) -> float:

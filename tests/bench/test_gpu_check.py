@@ -18,7 +18,7 @@ def test_the_dry_run_runs_every_step_and_records_it(tmp_path, capsys) -> None:
     assert summary["dry_run"] and summary["commit"]
     names = [r["step"] for r in summary["steps"]]
     assert names == ["gpu tests", "kernels", "model-step tiny", *(f"sessions {n} (tiny)" for n in SESSIONS),
-                     "latency tiny, 1 call"]
+                     "latency tiny, 1 call", "latency tiny, calls on one pair"]
     for row in summary["steps"]:
         assert row["status"] == "ok" and row["figure"] and not row["figure"].startswith("no figure"), row
     assert re.fullmatch(r"\d+ passed, 0 failed, \d+ skipped", summary["steps"][0]["figure"])

@@ -1,6 +1,7 @@
 """The unit clock and deadline accounting: unit n is due when its 160 ms are over, each role
 must hand it on before the next unit is due, and a late unit is counted against the role that
-was late while still being served (with fakes for both workers: no processes)."""
+was late while still being served (with fakes for both workers: no processes); the calls of
+one pair start on its grid."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,7 +37,7 @@ def _report(unit: int, sent: float) -> SolveReport:
 def test_a_late_unit_counts_a_miss_for_the_late_role_and_is_still_served(late_role: str) -> None:
     clock = UnitClock(t0=1000.0)
     stats, sent = RunStats(), []
-    session = Session(0, clock, send_input=lambda n, f, a, t, r: sent.append(n), request_end=lambda s: None,
+    session = Session(0, clock, send_input=lambda n, c, f, a, t, r: sent.append(n) is None, request_end=lambda s: None,
                       sink=stats, output_queue=8, max_lag_units=8)
     for n in range(3):
         session.submit(np.zeros(1), np.zeros(1))
@@ -50,3 +51,15 @@ def test_a_late_unit_counts_a_miss_for_the_late_role_and_is_still_served(late_ro
     assert stats.deadline_misses() == session.misses
     assert [r.late[late_role] for r in stats.records] == [False, True, False]
     assert [session.outputs.get(0).unit for _ in range(3)] == [0, 1, 2]  # nothing skipped
+
+
+def test_the_calls_of_a_pair_start_on_its_grid_so_their_units_fall_due_together() -> None:
+    grid = UnitClock()  # the pair's: its first call starts it
+    first, second = UnitClock(grid=grid), UnitClock(grid=grid)
+    first.start(100.0)
+    assert grid.t0 == first.t0 == 100.0
+    second.start(100.55)  # its first media, 3.4 units later: unit 0 starts at the boundary before
+    assert second.t0 == pytest.approx(100.48)
+    assert second.due(0) == pytest.approx(first.due(3))  # a shorter first unit, never a later one
+    second.start(200.0)
+    assert second.t0 == pytest.approx(100.48)  # started once

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from model.config import ModelConfig
+from model.config import UNIT_SECONDS, ModelConfig
 from model.duplex import build_model
 from model.streaming import Streamer
 from server.runtime.messages import UnitOutput
@@ -45,33 +45,41 @@ def _assert_alone(streamer: Streamer, cfg: ModelConfig, got: list[UnitOutput], c
 
 
 def test_two_sessions_on_one_pair_each_equal_the_session_alone(tiny_cfg: ModelConfig) -> None:
-    # a tick waits up to 5 s for a session's unit: this test hands units over by turns, never late
+    # units go in ahead of their clocks, each call's unit n of tick t by clock unit (its clock
+    # starts on the pair's grid at tick `first`); a tick waits up to 5 s for a call's unit
     cfg = TINY.model_copy(update={"slots": 2, "tick_wait_s": 5.0})
     stats = {name: RunStats() for name in "abc"}
+    P = UNIT_SECONDS
+
+    def open_at(sup: Supervisor, character_seed: int, seed: int, name: str, first: int, t0: float) -> Session:
+        s = sup.open_session(synthetic_character(tiny_cfg, character_seed), seed=seed, sink=stats[name],
+                             start_clock=False)
+        s.clock.start(t0 + (first + 0.5) * P)  # its unit 0 starts at the grid's tick `first`
+        s.fixed_rung = 0  # the top rung, as the reference runs
+        return s
+
     with Supervisor(cfg) as sup:
-        a = sup.open_session(synthetic_character(tiny_cfg, 11), seed=7, sink=stats["a"])
-        a.fixed_rung = 0  # the top rung, as the reference runs (the clock runs on during the joins)
+        t0 = time.monotonic()
+        a = open_at(sup, 11, 7, "a", 0, t0 - 0.5 * P)  # starts the grid at t0
         for n in range(3):  # a alone
-            a.submit(*synthetic_unit(tiny_cfg, 0, n))
+            a.submit(*synthetic_unit(tiny_cfg, 0, n), clock_unit=n)
             _outputs(a, 1)
-        b = sup.open_session(synthetic_character(tiny_cfg, 12), seed=8, sink=stats["b"])
-        b.fixed_rung = 0
+        b = open_at(sup, 12, 8, "b", 3, t0)
         assert not sup.free  # both slots taken
         got_a, got_b = [], []
-        for n in range(5):  # b's unit waits in the tick for a's, which completes it
-            assert b.submit(*synthetic_unit(tiny_cfg, 1, n)) == n
-            assert a.submit(*synthetic_unit(tiny_cfg, 0, 3 + n)) == 3 + n
+        for n in range(5):  # a and b together
+            assert a.submit(*synthetic_unit(tiny_cfg, 0, 3 + n), clock_unit=3 + n) == 3 + n
+            assert b.submit(*synthetic_unit(tiny_cfg, 1, n), clock_unit=n) == n
             got_b += _outputs(b, 1)
             got_a += _outputs(a, 1)
         end_b = b.close(timeout=10)
         assert end_b.ok and (end_b.units_in, end_b.units_out, end_b.skipped) == (5, 5, 0)
         assert sup.free
-        c = sup.open_session(synthetic_character(tiny_cfg, 13), seed=9, sink=stats["c"])  # b's slot
-        c.fixed_rung = 0
+        c = open_at(sup, 13, 9, "c", 8, t0)  # in b's slot
         got_c = []
-        for n in range(4):  # a unit of a alone would form a tick at once, c's slot in it idle
-            c.submit(*synthetic_unit(tiny_cfg, 2, n))
-            a.submit(*synthetic_unit(tiny_cfg, 0, 8 + n))
+        for n in range(4):
+            a.submit(*synthetic_unit(tiny_cfg, 0, 8 + n), clock_unit=8 + n)
+            c.submit(*synthetic_unit(tiny_cfg, 2, n), clock_unit=n)
             got_a += _outputs(a, 1)
             got_c += _outputs(c, 1)
         assert a.close(timeout=10).ok and c.close(timeout=10).ok
