@@ -12,10 +12,11 @@ A session's unit clock starts with the call's first media (the front end starts 
 runtime picks each unit's rung of the quality ladder and skips input units while the pair is
 behind, so an output's `unit` (on the clock) may jump. Its threads and the loop meet in two
 places only:
-  in   submit() returns at once; a per-session thread converts the unit to the runtime's
-       float layout and hands it over (a pipe write can block while the thinker is busy)
-  out  a per-session thread takes decoded units from the runtime's bounded queue, converts
-       them, and passes them to the loop with call_soon_threadsafe
+  in   submit() returns at once; a per-session thread hands the unit over (a pipe write can
+       block while the thinker is busy)
+  out  the supervisor's thread hands each decoded unit to the session (the runtime session's
+       `deliver`), which converts it and passes it to the loop with call_soon_threadsafe, into
+       the call's one bounded queue (a stalled consumer loses the oldest unit)
 This module knows nothing of WebRTC, HTTP or Prometheus.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ import numpy as np
 from model.config import PAD, ModelConfig
 from model.streaming import Character
 from server.runtime.pair import Fault
-from server.runtime.session import Session, SessionEnded
+from server.runtime.messages import UnitOutput as RuntimeUnitOutput
+from server.runtime.session import Session, SessionEnd, SessionEnded
 from server.runtime.supervisor import Margin, RuntimeConfig, Supervisor
 from server.runtime.timings import RecordSink
 from server.runtime.unit_clock import UnitClock
@@ -119,34 +121,36 @@ class TextDecoder:
 
 
 class RuntimeSession:
-    """One call on one supervised pair; created by RuntimeEngine.start_session."""
+    """One call in a slot of a supervised pair; created by RuntimeEngine.start_session, which
+    attaches the runtime's session once the pair has prefilled its character."""
 
-    def __init__(self, sid: str, session: Session, loop: asyncio.AbstractEventLoop,
-                 kv_rows: tuple[int, int, int], on_free: Callable[[], None]):
-        self.id, self.clock = sid, session.clock
-        self._top_steps = session.ladder[0].steps
+    def __init__(self, sid: str, loop: asyncio.AbstractEventLoop, kv_rows: tuple[int, int, int],
+                 on_free: Callable[[], None]):
+        self.id = sid
         self.outputs: asyncio.Queue[UnitOutput] = asyncio.Queue(OUTPUT_QUEUE)
         self.ended = asyncio.Event()
         self.end_reason = ""
         self.kv_cache_tokens = 0
-        self._session, self._loop, self._on_free = session, loop, on_free
+        self._loop, self._on_free = loop, on_free
         self._sinks, self._unit_rows, self._window = kv_rows
         self._text = TextDecoder()
         self._handed: dict[int, tuple[float, float]] = {}  # unit -> (submit called, handed over)
         self._typed = b""  # typed text that goes with the next unit
         self._backlog = 0  # typed bytes handed over that the thinker has not put in a slot yet
-        self._slots = session.text_slots
         self._lock = threading.Lock()  # guards the two flags and the hand-over thread's queue
         self._closing = False  # close() was called: no more units
-        self._over = False  # the runtime session has ended: the hand-over thread is shut
+        self.over = False  # the runtime session has ended: the hand-over thread is shut
+        self._done = threading.Event()  # ... and its slot is free
         self._in = ThreadPoolExecutor(1, thread_name_prefix=f"duplex-in-{sid}")
-        self._reader = threading.Thread(target=self._read, name=f"duplex-out-{sid}", daemon=True)
-        self._reader.start()
+
+    def attach(self, session: Session) -> None:
+        self._session, self.clock = session, session.clock
+        self._top_steps, self._slots = session.ladder[0].steps, session.text_slots
 
     # -- the loop's side --------------------------------------------------------------------
     def submit(self, unit: int, frames: np.ndarray, audio: np.ndarray) -> None:
         with self._lock:
-            if not (self._closing or self._over):
+            if not (self._closing or self.over):
                 typed, self._typed = self._typed, b""
                 self._in.submit(self._hand_over, unit, frames, audio, typed, time.monotonic())
 
@@ -157,7 +161,7 @@ class RuntimeSession:
         data = text.encode()
         with self._lock:
             waiting = self._backlog + len(self._typed)
-            if self._closing or self._over or waiting + len(data) > MAX_TYPED_BYTES:
+            if self._closing or self.over or waiting + len(data) > MAX_TYPED_BYTES:
                 return False
             self._typed += data
         return True
@@ -168,10 +172,10 @@ class RuntimeSession:
                 return
             self._closing = True
             self.end_reason = self.end_reason or reason
-            if not self._over:
+            if not self.over:
                 self._in.submit(self._end_runtime_session)  # after the units already queued
 
-    # -- the threads' side ------------------------------------------------------------------
+    # -- the hand-over thread ---------------------------------------------------------------
     def _hand_over(self, unit: int, frames: np.ndarray, audio: np.ndarray, typed: bytes,
                    called: float) -> None:
         # frames stay uint8 (the thinker converts them on its device); audio -> (1, 3840)
@@ -180,7 +184,7 @@ class RuntimeSession:
         try:
             n = self._session.submit(f, audio[None].astype(np.float32, copy=False), typed, clock_unit=unit)
         except SessionEnded:
-            return  # the reader notices the end and reports its reason
+            return  # on_end reports its reason
         with self._lock:
             if n is None:  # skipped: the pair is behind; the typed text goes with the next unit
                 del self._handed[unit]
@@ -189,39 +193,37 @@ class RuntimeSession:
                 self._backlog = max(0, self._backlog + len(typed) - self._slots)
 
     def _end_runtime_session(self) -> None:
-        """The pair finishes the units handed over, then frees the session (the reader sees it)."""
+        """The pair finishes the units handed over, then frees the session (on_end)."""
         try:
             self._session.close(timeout=10.0)
         except TimeoutError as e:  # a hung pair: the supervisor's hang detection ends it
             log.warning("session %s: %s", self.id, e)
 
-    def _read(self) -> None:
-        s = self._session
-        while True:
-            out = s.outputs.get(timeout=0.05)
-            if out is not None:
-                ready = time.monotonic()
-                called, started = self._handed.pop(out.clock_unit, (ready, ready))
-                self.kv_cache_tokens = self._sinks + min(out.unit + 1, self._window) * self._unit_rows
-                timings = {"handover": started - called, **{f"thinker.{k}": v for k, v in out.stages.items()}}
-                uo = UnitOutput(out.clock_unit, out.frames, out.audio.astype(np.float32, copy=False),
-                                self._text(out.text), ready - started, ready, timings, out.steps,
-                                self._top_steps, s.skipped)
-                self._loop.call_soon_threadsafe(self._deliver, uo)
-            elif s.end is not None:
-                break
-        reason = self.end_reason or s.end.reason
+    # -- the supervisor's thread (the runtime session's deliver and on_end) -------------------
+    def on_output(self, out: RuntimeUnitOutput) -> None:
+        ready = time.monotonic()
+        called, started = self._handed.pop(out.clock_unit, (ready, ready))
+        self.kv_cache_tokens = self._sinks + min(out.unit + 1, self._window) * self._unit_rows
+        timings = {"handover": started - called, **{f"thinker.{k}": v for k, v in out.stages.items()}}
+        uo = UnitOutput(out.clock_unit, out.frames, out.audio.astype(np.float32, copy=False),
+                        self._text(out.text), ready - started, ready, timings, out.steps,
+                        self._top_steps, self._session.skipped)
+        self._loop.call_soon_threadsafe(self._deliver, uo)
+
+    def on_end(self, end: SessionEnd) -> None:
         self.kv_cache_tokens = 0
         with self._lock:
-            self._over = True
-        self._in.shutdown(wait=True)
+            self.over = True
+        self._in.shutdown(wait=False, cancel_futures=True)  # a queued unit would find it ended
         self._on_free()
-        self._loop.call_soon_threadsafe(self._finish, reason)
+        self._loop.call_soon_threadsafe(self._finish, self.end_reason or end.reason)
+        self._done.set()
 
     def join(self, timeout: float) -> None:
-        """Wait for the reader thread (after the runtime session has ended)."""
-        self._reader.join(timeout)
+        """Wait until the runtime session has ended and its slot is free."""
+        self._done.wait(timeout)
 
+    # -- the loop's side, from the supervisor's thread --------------------------------------
     def _deliver(self, out: UnitOutput) -> None:
         if self.outputs.full():
             self.outputs.get_nowait()  # a stalled consumer loses the oldest unit, never blocks us
@@ -305,19 +307,22 @@ class RuntimeEngine:
             sid, seed = f"{pair}.{self._seq}", self._seq
             self._busy[sid] = (pair, None)  # reserved while the character is prefilled
         loop = asyncio.get_running_loop()
+        rs = RuntimeSession(sid, loop, self._kv, on_free=lambda: self._free(sid))
         try:
             session = await loop.run_in_executor(
-                None, lambda: self._sups[pair].open_session(character, seed=seed, timeout=5.0,
-                                                            start_clock=False, on_skip=self._on_skip))
+                None, lambda: self._sups[pair].open_session(character, seed=seed, timeout=5.0, start_clock=False,
+                                                            on_skip=self._on_skip, deliver=rs.on_output,
+                                                            on_end=rs.on_end))
         except (TimeoutError, RuntimeError) as e:  # the pair is restarting after a fault
             self._free(sid)
             raise AtCapacity(f"the call could not start: {e}", retry_after_s=5) from e
         except BaseException:
             self._free(sid)
             raise
-        with self._lock:  # a session that ends at once frees its slot only after this
-            rs = RuntimeSession(sid, session, loop, self._kv, on_free=lambda: self._free(sid))
-            self._busy[sid] = (pair, rs)
+        rs.attach(session)
+        with self._lock:  # one that ended at once has freed its slot already (on_end)
+            if not rs.over:
+                self._busy[sid] = (pair, rs)
         return rs
 
     def _free(self, sid: str) -> None:
@@ -325,7 +330,7 @@ class RuntimeEngine:
             self._busy.pop(sid, None)
 
     async def stop(self) -> None:
-        # 1. end the calls, 2. stop the pairs (each session ends), 3. wait for the readers
+        # 1. end the calls, 2. stop the pairs (each session ends), 3. wait until each is freed
         sessions = [s for _, s in self._busy.values() if s is not None]
         for s in sessions:
             s.close("the daemon is shutting down")

@@ -14,6 +14,8 @@ Real time on any machine (DESIGN: "Real time on any machine"):
   A session ends only when it is closed or for a fault, never for slowness.
 Bounds, so that nothing grows with a slow consumer or a slow pair:
   outputs  an OutputQueue of `output_queue` units; when full the oldest is dropped and counted
+           (a caller with its own bounded queue, the engine's on its event loop, takes each
+           output from `deliver` instead: one queue on each path)
   inputs   at most `max_lag_units` in flight, as above
 The per-unit record (both roles' stages, transfers, signal-to-signal, deadline misses, rung) is
 assembled here from the thinker's UnitOutput and the performer's SolveReport.
@@ -106,10 +108,16 @@ class Session:
                  request_end: Callable[["Session"], None], sink: RecordSink | None,
                  output_queue: int, max_lag_units: int, ladder: tuple[Rung, ...] = (Rung(1),),
                  controller: ControllerConfig = ControllerConfig(),
-                 on_skip: Callable[[int], None] | None = None, text_slots: int = 1):
+                 on_skip: Callable[[int], None] | None = None, text_slots: int = 1,
+                 deliver: Callable[[UnitOutput], None] | None = None,
+                 on_end: Callable[["SessionEnd"], None] | None = None):
+        """`deliver(out)`: each output, on the supervisor's thread, instead of into `outputs`;
+        `on_end(end)`: once, when the session has ended (on whichever thread ended it)."""
         self.id, self.clock = sid, clock
         self.text_slots = text_slots  # k: typed bytes the thinker puts in the stream a unit
         self.outputs: OutputQueue[UnitOutput] = OutputQueue(output_queue)
+        self._deliver = deliver if deliver is not None else self.outputs.put
+        self._on_end = on_end
         self.max_lag_units = max_lag_units
         self.ladder, self.controller = ladder, controller
         self.ladder_state: LadderState = initial_state(controller)
@@ -191,7 +199,7 @@ class Session:
                 self.ladder_state = next_state(self.ladder_state, now - self.clock.due(p.clock_unit),
                                                p.rung, len(self.ladder) - 1, self.controller)
             self._complete(out.unit)
-        self.outputs.put(out)
+        self._deliver(out)
 
     def on_report(self, rep: SolveReport) -> None:
         with self._lock:
@@ -226,3 +234,5 @@ class Session:
             self.end = SessionEnd(ok, reason, time.monotonic(), self.units_in, self.units_out,
                                   self.outputs.dropped, dict(self.misses), self.skipped)
             self._ended.set()
+            if self._on_end is not None:
+                self._on_end(self.end)

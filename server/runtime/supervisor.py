@@ -9,7 +9,7 @@ Runbook of the monitor thread (every `poll_s`):
   2. judge liveness (pair.py): a dead worker (its sentinel), a hung one (heartbeat older than
      `hang_s`), a stuck step (longer than `step_s`) or a prefill past `open_timeout_s` is a
      fault; with the defaults each is noticed within a second
-  3. on a fault: end the session with the reason, SIGKILL both workers, start a new pair;
+  3. on a fault: end its sessions with the reason, SIGKILL both workers, start a new pair;
      a pair that fails to start is tried again after a back-off (1, 2, 4 ... 30 s), and after
      `restart_attempts` failures in a row the supervisor is not `healthy` (the daemon's
      /healthz says 503, so an orchestrator restarts it); open_session waits for a pair
@@ -17,7 +17,7 @@ A fault noticed once close() has begun restarts nothing.
 Before it serves, `measure()` runs warm-up units through the pair at the top and the lowest
 rung of the quality ladder (first allocations, thread pools) and returns the real-time margin
 at each: the daemon logs and exports it, and never refuses to start for it.
-On close(): the session ends, both workers are asked to stop, then terminated, then killed,
+On close(): the sessions end, both workers are asked to stop, then terminated, then killed,
 and every one is reaped. A worker whose parent dies exits by itself (worker.py).
 Model compute never runs here; this process only moves messages and keeps counts.
 """
@@ -43,7 +43,7 @@ from server.runtime.messages import (CharacterSpec, EndSession, InputTick, Role,
                                      WorkerFailed)
 from server.runtime.ladder import ControllerConfig
 from server.runtime.pair import ROLES, Fault, WorkerPair
-from server.runtime.session import Session
+from server.runtime.session import Session, SessionEnd
 from server.runtime.synthetic import synthetic_character, synthetic_unit
 from server.runtime.ticks import Tick, TickAssembler, Unit
 from server.runtime.timings import RecordSink, RunStats
@@ -220,21 +220,25 @@ class Supervisor:
     # -- sessions ---------------------------------------------------------------------------
     def open_session(self, character: Character, seed: int, timeout: float | None = None,
                      start_clock: bool = True, sink: RecordSink | None = None,
-                     on_skip: Callable[[int], None] | None = None) -> Session:
-        """Prefill `character` on a free pair. `start_clock`: the unit clock starts now (the
-        bench, tests); otherwise the caller starts `session.clock` with its first media.
-        `sink` replaces the supervisor's record sink for this session; `on_skip(clock_unit)`
-        hears of each skipped input unit."""
+                     on_skip: Callable[[int], None] | None = None,
+                     deliver: Callable[[UnitOutput], None] | None = None,
+                     on_end: Callable[[SessionEnd], None] | None = None) -> Session:
+        """Prefill `character` in a free slot of the pair. `start_clock`: the unit clock starts
+        now (the bench, tests); otherwise the caller starts `session.clock` with its first
+        media (on the pair's grid either way). `sink` replaces the supervisor's record sink for
+        this session; `on_skip(clock_unit)` hears of each skipped input unit; `deliver` and
+        `on_end`: Session's."""
         timeout = self.cfg.ready_timeout_s if timeout is None else timeout
         if not self._open_lock.acquire(timeout=timeout):
             raise TimeoutError(f"no free slot within {timeout:.0f} s: other sessions are starting")
         try:
-            return self._open(character, seed, timeout, start_clock, sink, on_skip)
+            return self._open(character, seed, timeout, start_clock, sink,
+                              dict(on_skip=on_skip, deliver=deliver, on_end=on_end))
         finally:
             self._open_lock.release()
 
     def _open(self, character: Character, seed: int, timeout: float, start_clock: bool,
-              sink: RecordSink | None, on_skip: Callable[[int], None] | None) -> Session:
+              sink: RecordSink | None, hooks: dict[str, Any]) -> Session:
         if not (self._ready.wait(timeout) and self._free.wait(timeout)):
             why = (f"the pair is restarting (last error: {self.last_error})" if self.failures
                    else f"its {self.cfg.slots} slot(s) serve other sessions" if self._ready.is_set()
@@ -262,8 +266,8 @@ class Supervisor:
                           request_end=lambda s: self._end(slot, s),
                           sink=self.sink if sink is None else sink, output_queue=self.cfg.output_queue,
                           max_lag_units=self.cfg.max_lag_units, ladder=self.ladder,
-                          controller=self.cfg.controller, on_skip=on_skip,
-                          text_slots=self._pair_model_config().layout.text)
+                          controller=self.cfg.controller,
+                          text_slots=self._pair_model_config().layout.text, **hooks)
         with self._lock:
             if self._opening is opening:  # not ended by a fault meanwhile
                 self._sessions[slot] = session
@@ -300,7 +304,7 @@ class Supervisor:
         sent (after its last tick on the same pipe). Under self._lock."""
         for t in ticks:
             self._in_tick[t.tick] = t.units
-            self._in_tick.pop(t.tick - 4 * self.cfg.max_lag_units - 8, None)  # long answered
+            self._in_tick.pop(t.tick - 4 * self.cfg.max_lag_units * self.cfg.slots - 8, None)  # long answered
             self._send(Role.THINKER, InputTick(t.tick, t.frames, t.audio, t.texts, t.rung))
         for slot, sid in list(self._ending.items()):
             if self._ticks.drained(slot):
