@@ -109,6 +109,9 @@ def run(rc: RuntimeConfig, layout: str, n_calls: int, rung: str, units: int) -> 
             "worst_missed_fraction": max(c["missed_fraction"] for c in calls),
             "units_in_time_per_s_per_core": round(in_time / seconds / cores, 3),
             "compute_ms_per_call_unit": round(1e3 * float(np.median(work)), 2),
+            # the first call's stages, p50 ms: on one pair they are the whole tick's
+            "stages_p50_ms": {role: {k: round(q["p50"], 2) for k, q in st.items()}
+                              for role, st in stats[0].stage_ms().items()},
             "holds_real_time": all(c["missed_fraction"] <= HOLDS_MISSED for c in calls)}
 
 

@@ -25,6 +25,7 @@ def test_n_calls_on_one_pair_and_on_n_pairs_side_by_side(tmp_path: Path, capsys)
     assert runs["one_pair", "top"]["steps"] > runs["one_pair", "lowest"]["steps"]  # the rung was held
     for x in runs.values():
         assert len(x["per_call"]) == 2 and x["compute_ms_per_call_unit"] > 0
+        assert x["stages_p50_ms"]["performer"]["solve"] > 0 and x["stages_p50_ms"]["thinker"]["encode"] > 0
         assert all(c["signal_to_signal_p99_ms"] > 0 for c in x["per_call"])
     assert set(r["largest_calls_holding_real_time"]) == {"one_pair@top", "one_pair@lowest",
                                                          "separate_pairs@top", "separate_pairs@lowest"}

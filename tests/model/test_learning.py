@@ -8,7 +8,6 @@ import torch
 from model.duplex import build_model
 from model.duplex import Latents
 from model.data import COLOUR_NAMES
-from model.data.tables import INTENTS
 from model.train import Labels, Probes, forward_sequence, losses, train_step
 from tests.model.synthetic import make_character, make_conversation
 
