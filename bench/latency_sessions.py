@@ -121,7 +121,8 @@ def main(args: argparse.Namespace) -> int:
     if not set(layouts) <= set(LAYOUTS) or not set(rungs) <= set(RUNGS):
         raise SystemExit(f"--layouts takes {','.join(LAYOUTS)}, --rungs {','.join(RUNGS)}")
     rc = RuntimeConfig(preset=args.preset, transport=args.transport, threads=args.threads,
-                       backend=args.backend, cuda_graphs=args.cuda_graphs, compile=args.compile)
+                       backend=args.backend, cuda_graphs=args.cuda_graphs, compile=args.compile,
+                       ready_timeout_s=300.0)  # as the daemon: a cold compile takes minutes on 2 cores
     runs = []
     say = (lambda *a, **k: None) if args.json else print  # --json: the JSON alone on stdout
     say(f"{'calls':>5} {'rung':>6} {'layout':>15} {'worst missed':>13} {'s2s p99 ms':>11} {'in time/s/core':>15} "
