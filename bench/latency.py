@@ -23,8 +23,9 @@ import datetime as dt
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -50,34 +51,51 @@ ROLE_OF = {"encode": THINKER, "language": THINKER, "kv_update": THINKER, "decode
 S2S_BUDGET_MS = 200.0
 
 
+@contextmanager
+def consumed(sessions: list[Session]) -> Iterator[None]:
+    """Inside: a consumer thread a session takes its outputs as a client would. On leaving:
+    each session is closed and waited for (its pair finishes the units handed over)."""
+    stop = threading.Event()
+
+    def consume(s: Session) -> None:
+        while not stop.is_set():
+            s.outputs.get(timeout=0.1)
+
+    consumers = [threading.Thread(target=consume, args=(s,), name="consumer", daemon=True) for s in sessions]
+    for c in consumers:
+        c.start()
+    try:
+        yield
+    finally:
+        try:
+            for s in sessions:
+                s.close()
+            for s in sessions:
+                s.wait(timeout=30)
+        finally:
+            stop.set()
+            for c in consumers:
+                c.join()
+
+
 def drive(session: Session, cfg: Any, units: int) -> tuple[list[float], list[int]]:
     """Hand unit n over at its due time; returns how late each hand-over was (ms) and the
     clock units the runtime skipped."""
-    stop = threading.Event()
-
-    def consume() -> None:
-        while not stop.is_set():
-            session.outputs.get(timeout=0.1)
-
-    consumer = threading.Thread(target=consume, name="consumer", daemon=True)
-    consumer.start()
     lateness, skipped = [], []
     bar = tqdm(total=units, unit="unit", desc="units", leave=False, mininterval=0.5, disable=None)
-    try:
-        for n in range(units):
-            frames, audio = synthetic_unit(cfg, 0, n)  # made before the unit is due
-            lateness.append(session.clock.wait_due(n) * 1e3)
-            if session.submit(frames, audio, clock_unit=n) is None:
-                skipped.append(n)
-            bar.update()
-            bar.set_postfix(steps=session.ladder[session.rung].steps, skipped=len(skipped), refresh=False)
-    except SessionEnded:
-        pass  # a fault ended it: the reason is in the session's end
-    finally:
-        bar.close()
-        session.close(timeout=30)
-        stop.set()
-        consumer.join()
+    with consumed([session]):
+        try:
+            for n in range(units):
+                frames, audio = synthetic_unit(cfg, 0, n)  # made before the unit is due
+                lateness.append(session.clock.wait_due(n) * 1e3)
+                if session.submit(frames, audio, clock_unit=n) is None:
+                    skipped.append(n)
+                bar.update()
+                bar.set_postfix(steps=session.ladder[session.rung].steps, skipped=len(skipped), refresh=False)
+        except SessionEnded:
+            pass  # a fault ended it: the reason is in the session's end
+        finally:
+            bar.close()
     return lateness, skipped
 
 

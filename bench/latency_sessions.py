@@ -17,12 +17,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
+from bench.latency import consumed
 from bench.model_step import device_name, git_commit
 from bench.record import result_stem, write_json
 from model.config import UNIT_SECONDS, preset
@@ -43,18 +43,9 @@ def drive_all(sessions: list[Session], cfg: Any, units: int) -> list[list[int]]:
     n_calls, t0 = len(sessions), time.monotonic() + 0.5
     for i, s in enumerate(sessions):
         s.clock.start(t0 + i * UNIT_SECONDS / n_calls)
-    stop = threading.Event()
-
-    def consume(s: Session) -> None:
-        while not stop.is_set():
-            s.outputs.get(timeout=0.1)
-
-    consumers = [threading.Thread(target=consume, args=(s,), daemon=True) for s in sessions]
-    for c in consumers:
-        c.start()
     inputs = [[synthetic_unit(cfg, i, n) for n in range(8)] for i in range(n_calls)]  # made ahead
     skipped: list[list[int]] = [[] for _ in sessions]
-    try:
+    with consumed(sessions):
         for n in range(units):
             for i, s in enumerate(sessions):
                 s.clock.wait_due(n)
@@ -63,12 +54,6 @@ def drive_all(sessions: list[Session], cfg: Any, units: int) -> list[list[int]]:
                         skipped[i].append(n)
                 except SessionEnded:
                     skipped[i].append(n)
-    finally:
-        for s in sessions:
-            s.close(timeout=30)
-        stop.set()
-        for c in consumers:
-            c.join()
     return skipped
 
 

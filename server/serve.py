@@ -115,7 +115,7 @@ async def run(settings: Settings, cfg: ModelConfig, characters: dict[str, Charac
                             threads=settings.threads, backend=settings.backend,
                             cuda_graphs=settings.cuda_graphs, compile=settings.compile,
                             ready_timeout_s=settings.ready_timeout_s)
-    engine = RuntimeEngine(runtime, cfg, pairs=settings.pairs, sink=metrics.observe_record,
+    engine = RuntimeEngine(runtime, pairs=settings.pairs, sink=metrics.observe_record,
                            on_fault=lambda f: metrics.worker_restarts.labels(f.role.value).inc(),
                            on_skip=lambda unit: metrics.units_skipped.inc())
     metrics.session_slots.set(engine.capacity)

@@ -1,7 +1,7 @@
-"""One call from a browser: its peer connection, its engine session and the pieces between.
+"""One call from a browser: its peer connection, its session and the pieces between.
 
-  in    the caller's camera and microphone tracks -> UnitAssembler -> engine (on the unit clock)
-  out   engine outputs -> Playout -> AvatarVideoTrack + AvatarAudioTrack; captions and
+  in    the caller's camera and microphone tracks -> UnitAssembler -> session (on the unit clock)
+  out   session outputs -> Playout -> AvatarVideoTrack + AvatarAudioTrack; captions and
         latency go to the page on the data channel as each unit starts playing
   clock the unit clock starts with the caller's first media frame (unit_assembler.py), not
         when the session opened: slow ICE gathering (TURN) costs start-up time, not units
@@ -12,7 +12,7 @@
         after ~30 s of failed consent checks),
         that does not connect, that reaches `max_call_s`, or whose engine session ends, is ended
 Ending a call, whatever the cause: 1. tell the page why (data channel), 2. stop the call's
-tasks, 3. close the engine session (its KV cache and queues are freed), 4. close the peer
+tasks, 3. close the session (its KV rows and slot are freed), 4. close the peer
 connection, 5. count the outcome. Nothing here blocks the loop: media work is PyAV/numpy on
 small frames, model work is behind the engine.
 
@@ -35,7 +35,9 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCDataChannel, RTCIceSe
 from aiortc.mediastreams import MediaStreamError
 
 from model.config import ModelConfig
-from server.engine import EngineSession, UnitOutput
+from server.engine import EngineSession
+from server.runtime.messages import UnitOutput
+from server.runtime.session import SessionEnded
 from server.frontend.characters import CharacterEntry
 from server.frontend.datachannel import Channel, PageMessageError, parse_message
 from server.frontend.playout import Playout
@@ -74,7 +76,7 @@ def use_loopback_candidates() -> None:
 class Call:
     def __init__(self, session: EngineSession, character: CharacterEntry, cfg: ModelConfig,
                  settings: Settings, metrics: Metrics, on_end: Callable[["Call"], None]):
-        self.id, self.session, self.character = session.id, session, character
+        self.id, self.session, self.character = session.name, session, character
         self.settings, self.metrics, self._on_end = settings, metrics, on_end
         self.started = time.monotonic()
         self.last_seen: float | None = None  # the caller's last media frame or data-channel message
@@ -143,12 +145,15 @@ class Call:
 
     def _submit(self, unit: AssembledUnit) -> None:
         self._in[unit.unit] = (unit.last_arrival, unit.cut_at)
-        self.session.submit(unit.unit, unit.frames, unit.audio)
+        try:
+            self.session.submit(unit.frames[None], unit.audio[None], clock_unit=unit.unit)
+        except SessionEnded:
+            pass  # the watchdog ends the call with the session's reason
 
     # -- out ----------------------------------------------------------------------------------
     async def _pump(self) -> None:
         while True:
-            out = await self.session.outputs.get()
+            out = await self.session.outputs.next()
             self.metrics.unit_latency.observe(out.signal_to_signal_s)
             self.playout.push(out)
 
@@ -156,19 +161,19 @@ class Call:
         """The first frame of `out` is leaving: the unit's captions and latency go to the page.
         out_ms = output ready -> leaving, of which wait_ms in the playout schedule (the playout
         delay that absorbs the model's jitter); the rest is hand-over and conversion."""
-        newest, cut_at = self._in.pop(out.unit, (None, 0.0))
-        for u in [u for u in self._in if u < out.unit]:
+        newest, cut_at = self._in.pop(out.clock_unit, (None, 0.0))
+        for u in [u for u in self._in if u < out.clock_unit]:
             del self._in[u]  # units whose output was dropped
         out_s = left - out.ready_at
         self.metrics.frontend_overhead.labels("out").observe(out_s)
         in_ms = None
         if newest is not None:
-            in_s = cut_at - newest + out.timings.get("handover", 0.0)
+            in_s = cut_at - newest
             self.metrics.frontend_overhead.labels("in").observe(in_s)
             in_ms = round(in_s * 1e3, 2)
-        if out.text:
-            self.channel.send("caption", unit=out.unit, text=out.text)
-        self.channel.send("latency", unit=out.unit, model_ms=round(out.signal_to_signal_s * 1e3, 2),
+        if out.caption:
+            self.channel.send("caption", unit=out.clock_unit, text=out.caption)
+        self.channel.send("latency", unit=out.clock_unit, model_ms=round(out.signal_to_signal_s * 1e3, 2),
                           in_ms=in_ms, out_ms=round(out_s * 1e3, 2), wait_ms=round((left - pushed_at) * 1e3, 2),
                           steps=out.steps, top_steps=out.top_steps, skipped=out.skipped)
 
@@ -230,8 +235,8 @@ class Call:
             now = time.monotonic()
             if self.pc.connectionState == "connected" and (count := await self._inbound_packets()) > inbound:
                 inbound, self.last_seen = count, now
-            if self.session.ended.is_set():
-                self.end(f"the model stopped: {self.session.end_reason}", "error")
+            if (ended := self.session.end) is not None:
+                self.end(f"the model stopped: {ended.reason}", "error")
             elif now - self.started > s.max_call_s:
                 self.end(f"the call reached its maximum length of {s.max_call_s:g} s", "max_length")
             elif self.last_seen is None and now - self.started > s.connect_timeout_s:
@@ -254,8 +259,8 @@ class Call:
         # 2. stop the call's own tasks (this one is not among them)
         for task in list(self._tasks):
             task.cancel()
-        # 3. free the engine session: KV cache, queues, the worker pair's slot
-        self.session.close(reason)
+        # 3. free the session: the pair finishes its units, then its slot and KV rows are free
+        self.session.close()
         try:
             # 4. let the event leave, then close the peer connection
             deadline = time.monotonic() + FLUSH_S

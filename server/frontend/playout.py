@@ -36,7 +36,7 @@ import av
 import numpy as np
 
 from model.config import FPS, FRAMES_PER_UNIT
-from server.engine import UnitOutput
+from server.runtime.messages import UnitOutput
 from server.metrics import Metrics
 from server.runtime.unit_clock import UnitClock
 
@@ -105,8 +105,8 @@ class Playout:
     def push(self, out: UnitOutput) -> None:
         now = time.monotonic()
         if self._first is None:
-            self._first = out.unit
-        self._adapt(out.unit, now)
+            self._first = out.clock_unit
+        self._adapt(out.clock_unit, now)
         n = out.audio.size  # 160 ms at the model's rate
         src = av.AudioFrame.from_ndarray(out.audio.reshape(1, n), format="flt", layout="mono")
         src.sample_rate, src.pts = round(n / (FRAMES_PER_UNIT * TICK_S)), self._pts
@@ -120,7 +120,7 @@ class Playout:
         for a in audio:
             a.sample_rate = AUDIO_RATE
         video = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in out.frames]
-        self._units[out.unit] = Ticks(out, now, video, audio, self.playing)
+        self._units[out.clock_unit] = Ticks(out, now, video, audio, self.playing)
 
     # -- ticks out ----------------------------------------------------------------------------
     def _unit(self, index: int) -> tuple[Ticks | None, int]:

@@ -1,7 +1,7 @@
-"""The thinker-performer runtime: two worker processes serve one session's units in real time.
+"""The thinker-performer runtime: two worker processes serve a batch of sessions in real time.
 
   supervisor.py  Supervisor, RuntimeConfig: start the pair, hand it sessions, watch it
-  session.py     Session, OutputQueue, SessionEnd: one call, bounded in and out
+  session.py     Session, OutputQueue, SessionEnd: one call, front end to pair, bounded in and out
   pair.py        WorkerPair, Fault: the two processes, READY, liveness, kill
   worker.py      the process shell around a core: signals, heartbeat, inbox, READY
   thinker.py     Thinker: the pure core of the input/decode side

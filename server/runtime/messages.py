@@ -101,7 +101,8 @@ class SessionOpened:
 @dataclass
 class UnitOutput:
     """One unit of one session of the avatar, decoded, with the thinker's timings: the thinker
-    sends its tick as `unit`, and the slot; the supervisor makes `unit` the session's own."""
+    sends its tick as `unit`, and the slot; the supervisor makes `unit` the session's own (its
+    model unit), and the session fills in the rest (session.py): what the front end plays."""
     session: int
     unit: int
     text: np.ndarray  # (k,) int64 text slots (bytes, PAD when silent)
@@ -113,9 +114,15 @@ class UnitOutput:
     latents_bytes: int = 0  # the latents' message, performer -> thinker
     latents_seconds: float = 0.0
     shipped_ns: int = 0  # monotonic ns when unit n's KV rows were sent to the performer
-    clock_unit: int = -1  # filled by the session: the unit on the clock this answers
-    steps: int = 0  # filled by the session: the solver steps it ran at
     slot: int = 0  # of the pair's batch
+    # filled by the session:
+    clock_unit: int = -1  # the unit on the clock this answers: it plays in that unit's place
+    steps: int = 0  # the solver steps of the quality ladder's rung it ran at
+    top_steps: int = 0  # the top rung's steps: fewer is reduced quality
+    skipped: int = 0  # input units of this session skipped so far (the pair was behind)
+    caption: str = ""  # what the avatar says in this unit ("" when silent)
+    signal_to_signal_s: float = 0.0  # unit handed over -> its output back (model side)
+    ready_at: float = 0.0  # time.monotonic() when it was back
 
     def latents(self) -> Latents:
         return Latents(torch.from_numpy(self.z_video)[None], torch.from_numpy(self.z_audio)[None])

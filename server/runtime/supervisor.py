@@ -14,6 +14,8 @@ Runbook of the monitor thread (every `poll_s`):
      `restart_attempts` failures in a row the supervisor is not `healthy` (the daemon's
      /healthz says 503, so an orchestrator restarts it); open_session waits for a pair
 A fault noticed once close() has begun restarts nothing.
+Messages to the workers (ticks, StartSession, EndSession) leave through one sender thread, in
+order: a session's submit, called from an event loop, never waits on a pipe write.
 Before it serves, `measure()` runs warm-up units through the pair at the top and the lowest
 rung of the quality ladder (first allocations, thread pools) and returns the real-time margin
 at each: the daemon logs and exports it, and never refuses to start for it.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import replace
@@ -120,7 +123,9 @@ class Supervisor:
         self._sessions: dict[int, Session] = {}  # slot -> its session, until SessionClosed
         self._opening: _Opening | None = None
         self._next_sid = 1
-        self._send_lock = threading.Lock()
+        # (pair, role, message) for the sender thread; None stops it
+        self._outbox: queue.SimpleQueue[tuple[WorkerPair, Role, Any] | None] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
         self._open_lock = threading.Lock()  # one prefill at a time
         self._lock = threading.RLock()  # the sessions, the slots, the ticks
         self._ticks: TickAssembler | None = None
@@ -141,7 +146,13 @@ class Supervisor:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Supervisor":
-        self._spawn()
+        self._sender = threading.Thread(target=self._send_loop, name="supervisor-send", daemon=True)
+        self._sender.start()
+        try:
+            self._spawn()
+        except BaseException:
+            self._outbox.put(None)  # no pair: the sender thread ends too
+            raise
         self._monitor = threading.Thread(target=self._watch, name="supervisor", daemon=True)
         self._monitor.start()
         return self
@@ -151,6 +162,9 @@ class Supervisor:
         if self._monitor is not None:
             self._monitor.join()
         self._end_all("the daemon is shutting down")
+        if self._sender is not None:  # what was queued goes first; a hung pipe is the pair's stop's
+            self._outbox.put(None)
+            self._sender.join(timeout=2.0)
         if self._pair is not None:
             log.info("the workers' longest heartbeat gap: %.0f ms (hang limit %.0f ms)",
                      self._pair.max_heartbeat_age * 1e3, self.cfg.hang_s * 1e3)
@@ -219,26 +233,24 @@ class Supervisor:
 
     # -- sessions ---------------------------------------------------------------------------
     def open_session(self, character: Character, seed: int, timeout: float | None = None,
-                     start_clock: bool = True, sink: RecordSink | None = None,
+                     start_clock: bool = True, sink: RecordSink | None = None, name: str = "",
                      on_skip: Callable[[int], None] | None = None,
-                     deliver: Callable[[UnitOutput], None] | None = None,
                      on_end: Callable[[SessionEnd], None] | None = None) -> Session:
         """Prefill `character` in a free slot of the pair. `start_clock`: the unit clock starts
         now (the bench, tests); otherwise the caller starts `session.clock` with its first
         media (on the pair's grid either way). `sink` replaces the supervisor's record sink for
-        this session; `on_skip(clock_unit)` hears of each skipped input unit; `deliver` and
-        `on_end`: Session's."""
+        this session; `name`, `on_skip` and `on_end`: Session's (name: its number here)."""
         timeout = self.cfg.ready_timeout_s if timeout is None else timeout
         if not self._open_lock.acquire(timeout=timeout):
             raise TimeoutError(f"no free slot within {timeout:.0f} s: other sessions are starting")
         try:
-            return self._open(character, seed, timeout, start_clock, sink,
-                              dict(on_skip=on_skip, deliver=deliver, on_end=on_end))
+            return self._open(character, seed, timeout, start_clock, sink, name,
+                              dict(on_skip=on_skip, on_end=on_end))
         finally:
             self._open_lock.release()
 
     def _open(self, character: Character, seed: int, timeout: float, start_clock: bool,
-              sink: RecordSink | None, hooks: dict[str, Any]) -> Session:
+              sink: RecordSink | None, name: str, hooks: dict[str, Any]) -> Session:
         if not (self._ready.wait(timeout) and self._free.wait(timeout)):
             why = (f"the pair is restarting (last error: {self.last_error})" if self.failures
                    else f"its {self.cfg.slots} slot(s) serve other sessions" if self._ready.is_set()
@@ -260,14 +272,13 @@ class Supervisor:
         clock = UnitClock(grid=self._grid)
         if start_clock:
             clock.start(opening.t0)
-        session = Session(sid, clock,
+        session = Session(sid, name or str(sid), clock, self._pair_model_config().layout,
                           send_input=lambda n, c, f, a, t, r: self._put(slot, Unit(n, f, a, t, r, time.monotonic(),
                                                                                    clock.due(c))),
                           request_end=lambda s: self._end(slot, s),
                           sink=self.sink if sink is None else sink, output_queue=self.cfg.output_queue,
                           max_lag_units=self.cfg.max_lag_units, ladder=self.ladder,
-                          controller=self.cfg.controller,
-                          text_slots=self._pair_model_config().layout.text, **hooks)
+                          controller=self.cfg.controller, **hooks)
         with self._lock:
             if self._opening is opening:  # not ended by a fault meanwhile
                 self._sessions[slot] = session
@@ -351,7 +362,8 @@ class Supervisor:
                 if session.outputs.get(timeout=c.open_timeout_s) is None:
                     raise TimeoutError(f"warm-up unit {n} at rung {self.ladder[rung]} took over "
                                        f"{c.open_timeout_s:.0f} s")
-            end = session.close(timeout=c.open_timeout_s)
+            session.close()
+            end = session.wait(timeout=c.open_timeout_s)
             if not end.ok:
                 raise RuntimeError(f"the warm-up session failed: {end.reason}")
             # the workers inherit this process's cores: on one, they take turns
@@ -372,14 +384,20 @@ class Supervisor:
         return self.model_cfg
 
     def _send(self, role: Role, msg: Any) -> None:
-        pair = self._pair
-        try:
-            with self._send_lock:
-                assert pair is not None
+        """Queue `msg` for the current pair (never blocks); the sender thread writes it."""
+        if (pair := self._pair) is not None:
+            self._outbox.put((pair, role, msg))
+
+    def _send_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            pair, role, msg = item
+            if pair is not self._pair:
+                continue  # for a pair that has been replaced
+            try:
                 pair.send(role, msg)
-        except (BrokenPipeError, ConnectionResetError, OSError) as e:
-            log.warning("could not send %s to the %s: %s (the monitor handles the fault)",
-                        type(msg).__name__, role.value, e)
+            except (BrokenPipeError, ConnectionResetError, OSError) as e:
+                log.warning("could not send %s to the %s: %s (the monitor handles the fault)",
+                            type(msg).__name__, role.value, e)
 
     # -- the monitor ------------------------------------------------------------------------
     def _watch(self) -> None:

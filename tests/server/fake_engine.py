@@ -12,7 +12,9 @@ import time
 import numpy as np
 
 from model.streaming import Character
-from server.engine import AtCapacity, UnitOutput
+from server.engine import AtCapacity
+from server.runtime.messages import UnitOutput
+from server.runtime.session import OutputQueue, SessionEnd, SessionEnded
 from server.runtime.unit_clock import UnitClock
 
 RATE, SAMPLES = 24_000, 3840
@@ -24,49 +26,57 @@ def unit_colour(unit: int) -> tuple[int, int, int]:
     return ((unit * 53) % 256, (unit * 101 + 60) % 256, (unit * 29 + 120) % 256)
 
 
+def fake_output(unit: int, frames: np.ndarray, audio: np.ndarray, caption: str, s2s: float,
+                ready: float) -> UnitOutput:
+    """A session's output for the front end, without the model's fields."""
+    none = np.zeros(0, np.float32)
+    return UnitOutput(0, unit, np.zeros(0, np.int64), none, none, frames, audio, clock_unit=unit,
+                      caption=caption, signal_to_signal_s=s2s, ready_at=ready)
+
+
 class FakeSession:
-    def __init__(self, sid: str, width: int, height: int, delay_s: float, on_free: "FakeEngine"):
-        self.id, self.clock = sid, UnitClock()  # started by the front end with the first media
-        self.outputs: asyncio.Queue[UnitOutput] = asyncio.Queue(8)
-        self.ended = asyncio.Event()
-        self.end_reason = ""
+    def __init__(self, name: str, width: int, height: int, delay_s: float, on_free: "FakeEngine"):
+        self.name, self.clock = name, UnitClock()  # started by the front end with the first media
+        self.outputs: OutputQueue[UnitOutput] = OutputQueue(8)
+        self.end: SessionEnd | None = None
         self.submitted: list[int] = []
         self.inputs: list[tuple[np.ndarray, np.ndarray]] = []  # what the front end handed over
         self.texts: list[str] = []
         self._w, self._h, self._delay, self._engine = width, height, delay_s, on_free
         self._pending_text: str | None = None
 
-    def submit(self, unit: int, frames: np.ndarray, audio: np.ndarray) -> None:
-        assert frames.shape == (4, self._h, self._w, 3) and frames.dtype == np.uint8, frames.shape
-        assert audio.shape == (SAMPLES,) and audio.dtype == np.float32, audio.shape
-        if self.ended.is_set():
-            return
-        self.submitted.append(unit)
+    def submit(self, frames: np.ndarray, audio: np.ndarray, clock_unit: int | None = None) -> int | None:
+        assert frames.shape == (1, 4, self._h, self._w, 3) and frames.dtype == np.uint8, frames.shape
+        assert audio.shape == (1, SAMPLES) and audio.dtype == np.float32, audio.shape
+        assert clock_unit is not None
+        if self.end is not None:
+            raise SessionEnded(self.end.reason)
+        self.submitted.append(clock_unit)
         self.inputs = (self.inputs + [(frames, audio)])[-8:]
-        asyncio.get_running_loop().call_later(self._delay, self._produce, unit, time.monotonic())
+        asyncio.get_running_loop().call_later(self._delay, self._produce, clock_unit, time.monotonic())
+        return len(self.submitted) - 1
 
     def _produce(self, unit: int, t_in: float) -> None:
-        if self.ended.is_set():
+        if self.end is not None:
             return
         frames = np.empty((4, self._h, self._w, 3), np.uint8)
         frames[:] = unit_colour(unit)
         text, self._pending_text = (f"heard: {self._pending_text}" if self._pending_text else f"unit {unit}"), None
         now = time.monotonic()
-        out = UnitOutput(unit, frames, TONE.copy(), text, now - t_in, now, {"handover": 0.0})
-        if self.outputs.full():
-            self.outputs.get_nowait()
-        self.outputs.put_nowait(out)
+        self.outputs.put(fake_output(unit, frames, TONE.copy(), text, now - t_in, now))
 
     def submit_text(self, text: str) -> bool:
         self.texts.append(text)
         self._pending_text = text
         return True
 
-    def close(self, reason: str) -> None:
-        if not self.ended.is_set():
-            self.end_reason = self.end_reason or reason
-            self.ended.set()
-            self._engine.sessions.pop(self.id, None)
+    def close(self) -> None:
+        self.finish(True, "closed after its last unit")
+
+    def finish(self, ok: bool, reason: str) -> None:
+        if self.end is None:
+            self.end = SessionEnd(ok, reason, time.monotonic(), len(self.submitted), 0, 0)
+            self._engine.sessions.pop(self.name, None)
 
 
 class FakeEngine:
@@ -96,16 +106,14 @@ class FakeEngine:
         if self.active >= self.capacity:
             raise AtCapacity(f"all {self.capacity} call slot(s) are in use", retry_after_s=2)
         s = FakeSession(f"fake.{len(self.started) + 1}", self.width, self.height, self.delay_s, self)
-        self.sessions[s.id] = s
+        self.sessions[s.name] = s
         self.started.append(s)
         return s
 
-    def fail_session(self, sid: str, reason: str) -> None:
-        s = self.sessions[sid]
-        s.end_reason = reason
-        s.close(reason)
+    def fail_session(self, name: str, reason: str) -> None:
+        self.sessions[name].finish(False, reason)
 
     async def stop(self) -> None:
         for s in list(self.sessions.values()):
-            s.close("the daemon is shutting down")
+            s.finish(False, "the daemon is shutting down")
         self.ready = False

@@ -23,8 +23,11 @@ def run_units(session: Session, cfg: ModelConfig, units: int, stream_seed: int =
     takes them (never so fast that one is skipped); close; every output."""
     for n in range(units):
         wait_for_room(session, timeout)
-        assert session.submit(*synthetic_unit(cfg, stream_seed, n), (typed or {}).get(n, b"")) == n
-    end = session.close(timeout)
+        if n in (typed or {}):
+            assert session.submit_text(typed[n].decode())
+        assert session.submit(*synthetic_unit(cfg, stream_seed, n)) == n
+    session.close()
+    end = session.wait(timeout)
     outputs = []
     while (out := session.outputs.get(timeout=0)) is not None:
         outputs.append(out)

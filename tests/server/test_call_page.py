@@ -72,7 +72,7 @@ async def test_typed_text_an_ended_call_and_a_dropped_call_are_shown():
                                      timeout=5_000)
         assert front.engine.started[0].texts == ["hello avatar"]
         # the server ends the call (here: a worker fault): the page shows the reason
-        front.engine.fail_session(front.engine.started[0].id, "worker fault: performer (pid 7) is hung")
+        front.engine.fail_session(front.engine.started[0].name, "worker fault: performer (pid 7) is hung")
         await page.wait_for_function(f"{MESSAGE}.includes('Call ended')", timeout=5_000)
         assert "performer (pid 7) is hung" in await page.evaluate(MESSAGE)
         # the connection goes without a word from the server: the page says the call dropped

@@ -39,7 +39,8 @@ async def test_a_call_plays_the_engines_units_with_captions_and_latency():
         centre = frame[frame.shape[0] // 2, frame.shape[1] // 2].astype(int)
         assert min(np.abs(centre - unit_colour(n)).max() for n in range(200)) <= 16, centre
         session = front.engine.started[0]
-        assert front.calls[session.id].character.name == "Bram"
+        [call] = front.calls.values()
+        assert call.character.name == "Bram" and call.id == session.name
         assert session.texts == ["hi there"]
         assert {"type": "text", "text": "hi there", "delivered": True} in client.got.of("text")
         captions = [e["text"] for e in client.got.of("caption")]
@@ -49,7 +50,7 @@ async def test_a_call_plays_the_engines_units_with_captions_and_latency():
         assert client.got.of("hello")[0]["character"] == "Bram"
         await client.hangup()
         await until(lambda: not front.calls, "the call ends after bye", 3)
-        assert session.ended.is_set() and session.end_reason == "you hung up"
+        assert session.end is not None and call.end_reason == "you hung up"
         assert 'duplex_sessions_total{outcome="ok"} 1.0' in front.metrics.render().decode()
 
 
@@ -107,10 +108,10 @@ async def test_a_call_that_never_connects_is_ended():
         body = json.dumps({"type": "offer", "sdp": await make_offer()})
         async with aiohttp.ClientSession() as s, s.post(url + "/offer", data=body) as r:
             assert r.status == 200  # and the client never applies the answer
-        assert len(front.calls) == 1
+        [call] = front.calls.values()
         await until(lambda: not front.calls, "an unconnected call ends", 3)
-        assert front.engine.active == 0
-        assert "did not connect within 1 s" in front.engine.started[0].end_reason
+        assert front.engine.active == 0 and front.engine.started[0].end is not None
+        assert "did not connect within 1 s" in call.end_reason
 
 
 async def test_a_call_ends_at_its_maximum_length():

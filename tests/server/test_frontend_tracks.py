@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from server.engine import UnitOutput
 from server.frontend.playout import Playout
 from server.frontend.tracks import AvatarAudioTrack, AvatarVideoTrack
 from server.metrics import Metrics
+from server.runtime.messages import UnitOutput
 from server.runtime.unit_clock import UnitClock
-from tests.server.fake_engine import unit_colour
+from tests.server.fake_engine import fake_output, unit_colour
 
 W, H, RATE, SPU = 48, 32, 24_000, 3840
 LATE_S = 0.03  # how long after its due time each unit arrives (the model's answer time)
@@ -29,7 +29,7 @@ def unit_output(n: int, ready: float) -> UnitOutput:
     frames[:] = unit_colour(n)
     amp = 0.1 + 0.05 * (n % 8)
     audio = (amp * np.sin(2 * np.pi * 1000 * np.arange(SPU) / RATE)).astype(np.float32)
-    return UnitOutput(n, frames, audio, f"unit {n}", LATE_S, ready)
+    return fake_output(n, frames, audio, f"unit {n}", LATE_S, ready)
 
 
 def unit_of_video(frame) -> int:
@@ -58,7 +58,7 @@ class Call:
         self.started = asyncio.Event()
         self.started.set()
         self.playout = Playout(self.clock, self.started, self.metrics,
-                               lambda o, p, t: self.left.append((o.unit, p, t)),
+                               lambda o, p, t: self.left.append((o.clock_unit, p, t)),
                                lambda where, e: self.errors.append(where))
         self.video, self.audio = AvatarVideoTrack(self.playout, W, H), AvatarAudioTrack(self.playout)
         self.units, self.skip, self.late = units, skip, late or {}

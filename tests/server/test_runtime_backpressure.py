@@ -39,7 +39,8 @@ def test_stalled_consumer_keeps_a_bounded_output_queue_and_counts_drops(
         session.submit(*synthetic_unit(tiny_cfg, 0, n))
         while session.units_in - session.units_out >= small_bounds.cfg.max_lag_units:
             time.sleep(0.005)
-    end = session.close(timeout=30)
+    session.close()
+    end = session.wait(timeout=30)
     assert end.ok, end.reason
     assert end.units_out == units
     assert len(session.outputs) == 4
@@ -52,7 +53,8 @@ def test_pair_that_falls_behind_skips_stale_input_instead_of_ending_the_session(
         small_bounds: Supervisor, tiny_cfg: ModelConfig) -> None:
     session = start_session(small_bounds, tiny_cfg)
     got = [session.submit(*synthetic_unit(tiny_cfg, 0, n)) for n in range(50)]  # far too fast
-    end = session.close(timeout=30)
+    session.close()
+    end = session.wait(timeout=30)
     assert end.ok, end.reason  # slowness never ends a session
     handed = [n for n in got if n is not None]
     assert handed == list(range(len(handed))), "the model's unit counter stays dense"

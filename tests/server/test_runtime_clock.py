@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model.config import preset
 from server.runtime.messages import SolveReport, UnitOutput
 from server.runtime.session import Session
 from server.runtime.timings import PERFORMER, THINKER, RunStats
@@ -37,8 +38,8 @@ def _report(unit: int, sent: float) -> SolveReport:
 def test_a_late_unit_counts_a_miss_for_the_late_role_and_is_still_served(late_role: str) -> None:
     clock = UnitClock(t0=1000.0)
     stats, sent = RunStats(), []
-    session = Session(0, clock, send_input=lambda n, c, f, a, t, r: sent.append(n) is None, request_end=lambda s: None,
-                      sink=stats, output_queue=8, max_lag_units=8)
+    session = Session(0, "0", clock, preset("tiny").layout, send_input=lambda n, c, f, a, t, r: sent.append(n) is None,
+                      request_end=lambda s: None, sink=stats, output_queue=8, max_lag_units=8)
     for n in range(3):
         session.submit(np.zeros(1), np.zeros(1))
     for n in range(3):

@@ -82,7 +82,8 @@ def _drive(session: Session, cfg: ModelConfig, units: int) -> list[int | None]:
             got.append(session.submit(frames, audio, clock_unit=n))
         return got
     finally:
-        session.close(timeout=30)
+        session.close()
+        session.wait(timeout=30)
         stop.set()
         reader.join()
 

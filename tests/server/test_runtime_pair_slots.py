@@ -72,7 +72,8 @@ def test_two_sessions_on_one_pair_each_equal_the_session_alone(tiny_cfg: ModelCo
             assert b.submit(*synthetic_unit(tiny_cfg, 1, n), clock_unit=n) == n
             got_b += _outputs(b, 1)
             got_a += _outputs(a, 1)
-        end_b = b.close(timeout=10)
+        b.close()
+        end_b = b.wait(timeout=10)
         assert end_b.ok and (end_b.units_in, end_b.units_out, end_b.skipped) == (5, 5, 0)
         assert sup.free
         c = open_at(sup, 13, 9, "c", 8, t0)  # in b's slot
@@ -82,7 +83,9 @@ def test_two_sessions_on_one_pair_each_equal_the_session_alone(tiny_cfg: ModelCo
             c.submit(*synthetic_unit(tiny_cfg, 2, n), clock_unit=n)
             got_a += _outputs(a, 1)
             got_c += _outputs(c, 1)
-        assert a.close(timeout=10).ok and c.close(timeout=10).ok
+        a.close()
+        c.close()
+        assert a.wait(timeout=10).ok and c.wait(timeout=10).ok
     streamer = Streamer(build_model(tiny_cfg, seed=0))
     # a's first 3 outputs were taken above; its later ones equal units 3.. of a alone
     whole_a = run_single(streamer, synthetic_character(tiny_cfg, 11), 7,
