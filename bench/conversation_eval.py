@@ -21,7 +21,8 @@ captions by edit distance is the planned one (text right, whatever the voice doe
 
 `judge(episode, played)` is a pure function; `--oracle` judges the episodes' own media (the
 ground truth passes every target: the test of the judges), `--checkpoint dummy` a seeded
-untrained model. Prints the table, writes JSON and a PNG timeline of the first conversation
+untrained model, `--teacher-text` the model with the episodes' own text in its text slots
+(splits a wrong answer into wrong words and a voice the judge cannot hear). Prints the table, writes JSON and a PNG timeline of the first conversation
 to bench/results/.
 """
 from __future__ import annotations
@@ -66,8 +67,11 @@ class Played:
 
 # -- playing a conversation through the streaming API ------------------------------------------
 
-def play(streamer: Streamer, ep: Episode, character: Character, rung: Rung | None, seed: int) -> Played:
-    """The daemon's per-unit order: observe, speak, denoise, commit, decode."""
+def play(streamer: Streamer, ep: Episode, character: Character, rung: Rung | None, seed: int,
+         teacher_text: bool = False) -> Played:
+    """The daemon's per-unit order: observe, speak, denoise, commit, decode. `teacher_text`:
+    the text slots take the episode's own text (the voice and face judged given the right
+    words: what is left of a failure then is the audio-video side's)."""
     state = streamer.new_state()
     streamer.prefill(state, character)
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +80,7 @@ def play(streamer: Streamer, ep: Episode, character: Character, rung: Rung | Non
     for n in range(ep.units):
         streamer.observe(state, frames_to_model(torch.from_numpy(ep.user_frames[n][None]), dtype),
                          torch.from_numpy(ep.user_audio[n][None]).to(dtype))
-        tokens, _ = streamer.speak(state)
+        tokens, _ = streamer.speak(state, torch.from_numpy(ep.text[n][None]) if teacher_text else None)
         z = streamer.denoise(state.cache, state.unit, streamer.sample_noise(1, g), rung)
         streamer.commit(state, z)
         f, a = streamer.decode(state, z)
@@ -277,7 +281,8 @@ def portrait_u8(character: Character) -> np.ndarray:
 
 
 def evaluate(checkpoint: str, conversations: int, units: int, rungs: str, oracle_only: bool = False,
-             characters_dir: Path | None = None) -> tuple[dict, tuple[Episode, Played], ModelConfig]:
+             characters_dir: Path | None = None, teacher_text: bool = False
+             ) -> tuple[dict, tuple[Episode, Played], ModelConfig]:
     """The result (per rung: the summary and each conversation's measurements), the first
     conversation played (for the timeline), and the model's config."""
     from server.frontend.characters import load_character
@@ -298,12 +303,13 @@ def evaluate(checkpoint: str, conversations: int, units: int, rungs: str, oracle
         f"{r.steps} {r.solver}": r for i, r in enumerate(streamer.ladder)
         if rungs == "all" or (rungs == "top" and i == 0) or (rungs == "lowest" and i == len(streamer.ladder) - 1)}
     result = {"checkpoint": "oracle" if oracle_only else str(checkpoint), "preset": cfg.name,
-              "conversations": conversations, "units": units, "rungs": {}}
+              "conversations": conversations, "units": units, "teacher_text": teacher_text, "rungs": {}}
     first = None
     for name, rung in ladder.items():
         judged = []
         for ep in episodes:
-            played = oracle(ep) if oracle_only else play(streamer, ep, chars[ep.character], rung, ep.seed)
+            played = oracle(ep) if oracle_only else play(streamer, ep, chars[ep.character], rung, ep.seed,
+                                                         teacher_text)
             judged.append(judge(ep, played, cfg, portrait_u8(chars[ep.character])))
             first = first or (ep, played)
         result["rungs"][name] = {"summary": summarise(judged), "conversations": judged}
@@ -318,14 +324,18 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--units", type=int, default=64, help="units a conversation (160 ms each)")
     p.add_argument("--rungs", choices=("all", "top", "lowest"), default="all", help="quality-ladder rungs to run")
     p.add_argument("--oracle", action="store_true", help="judge the episodes' own media (calibrates the judges)")
+    p.add_argument("--teacher-text", action="store_true",
+                   help="feed the episodes' own text into the text slots: the voice judged given the right words")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/...)")
     args = p.parse_args(argv)
-    result, (ep, played), cfg = evaluate(args.checkpoint, args.conversations, args.units, args.rungs, args.oracle)
+    result, (ep, played), cfg = evaluate(args.checkpoint, args.conversations, args.units, args.rungs, args.oracle,
+                                         teacher_text=args.teacher_text)
     from bench.model_step import device_name, git_commit
     result.update(host=platform.node(), device=device_name(torch.device("cpu")), commit=git_commit())
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print_table(result)
-    stem = f"{datetime.now(timezone.utc):%Y-%m-%d_%H%M}_eval-model_{result['preset']}{'_oracle' if args.oracle else ''}"
+    tag = "_oracle" if args.oracle else "_teacher-text" if args.teacher_text else ""
+    stem = f"{datetime.now(timezone.utc):%Y-%m-%d_%H%M}_eval-model_{result['preset']}{tag}"
     out = args.out or RESULTS / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

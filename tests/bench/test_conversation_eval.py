@@ -81,3 +81,11 @@ def test_the_eval_plays_conversations_through_the_streaming_api(world) -> None:
     assert played.frames.shape == (24, 4, cfg.video.height, cfg.video.width, 3)
     assert r["summary"]["counts"]["frames"] == 96
     assert not r["summary"]["passed"]["answers"] and not r["summary"]["passed"]["captions_cer"]
+
+
+def test_teacher_text_puts_the_episodes_own_words_in_the_text_slots(world) -> None:
+    """--teacher-text: the untrained model's captions are then the episode's text exactly."""
+    result, (ep, played), _ = evaluate("dummy", conversations=1, units=24, rungs="lowest", teacher_text=True)
+    (r,) = result["rungs"].values()
+    assert result["teacher_text"] and np.array_equal(played.text, ep.text)
+    assert r["summary"]["captions_cer"] in (None, 0.0)
