@@ -10,7 +10,7 @@
         every WATCH_S), so a caller that only receives and sends reports stays in the call; a
         call silent for `liveness_s` (a closed tab, a lost network: aiortc alone notices only
         after ~30 s of failed consent checks),
-        that does not connect, that reaches `max_call_s`, or whose engine session ends, is ended
+        that does not connect, that reaches `max_call_s`, or whose session ends, is ended
 Ending a call, whatever the cause: 1. tell the page why (data channel), 2. stop the call's
 tasks, 3. close the session (its KV rows and slot are freed), 4. close the peer
 connection, 5. count the outcome. Nothing here blocks the loop: media work is PyAV/numpy on

@@ -239,7 +239,7 @@ class Supervisor:
         """Prefill `character` in a free slot of the pair. `start_clock`: the unit clock starts
         now (the bench, tests); otherwise the caller starts `session.clock` with its first
         media (on the pair's grid either way). `sink` replaces the supervisor's record sink for
-        this session; `name`, `on_skip` and `on_end`: Session's (name: its number here)."""
+        this session; `name` (default: its number here), `on_skip` and `on_end`: Session's."""
         timeout = self.cfg.ready_timeout_s if timeout is None else timeout
         if not self._open_lock.acquire(timeout=timeout):
             raise TimeoutError(f"no free slot within {timeout:.0f} s: other sessions are starting")
@@ -398,6 +398,8 @@ class Supervisor:
             except (BrokenPipeError, ConnectionResetError, OSError) as e:
                 log.warning("could not send %s to the %s: %s (the monitor handles the fault)",
                             type(msg).__name__, role.value, e)
+            except Exception:  # noqa: BLE001 - a message that cannot be sent must not stop the rest
+                log.exception("could not send %s to the %s", type(msg).__name__, role.value)
 
     # -- the monitor ------------------------------------------------------------------------
     def _watch(self) -> None:

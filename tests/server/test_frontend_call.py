@@ -97,7 +97,7 @@ async def test_a_page_that_goes_silent_is_ended_within_the_liveness_limit():
         [call] = front.calls.values()
         took = await until(lambda: not front.calls, "a silent page's call ends", 3)
         assert took < 1.5
-        assert front.engine.active == 0, "the engine session is freed"
+        assert front.engine.active == 0, "the session is freed"
         assert "nothing heard from the caller for 1 s" in call.end_reason  # (the page cannot hear it)
         assert 'duplex_sessions_total{outcome="dropped"} 1.0' in front.metrics.render().decode()
         await client.close()
