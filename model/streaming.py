@@ -121,6 +121,16 @@ class Streamer:
                             decoder=self.model.vae.init_decode_state(batch, dev, dt),
                             last_text=torch.full((batch,), BOS, dtype=torch.long, device=dev))
 
+    def warm_up_graphs(self, cache: KVCache, media: bool = True) -> None:
+        """Capture the CUDA graphs of every steady-state step on `cache` now (a worker's start,
+        the cache its sessions reuse); media=False: the resp chunk only (a performer)."""
+        lay, n = self.lay, self.lay.window_units  # unit W: its chunks see the whole ring
+        chunks = [(self._resp_start(n), lay.resp)]
+        if media:
+            chunks += [(self._unit_start(n), lay.obs), (self._unit_start(n) + lay.obs, 1)]
+        assert self.graphs is not None, "warm_up_graphs needs Streamer(cuda_graphs=True)"
+        self.graphs.warm_up(cache, chunks)
+
     def sample_noise(self, batch: int, generator: torch.Generator | None = None) -> Latents:
         lay = self.lay
         shapes = ((batch, lay.resp_video, lay.video_token_dim), (batch, lay.resp_audio, lay.audio_token_dim))

@@ -8,6 +8,8 @@ unit to unit only in values: x, t, pos and the physical rows it writes (a device
 `CacheSpan.rows`). So one graph per chunk shape serves every later unit: the step copies its
 inputs into the graph's static buffers, replays it, and clones the output out.
 
+A worker captures them before it serves (`warm_up`, on the cache its sessions will use, both
+attention variants of a batch): a call that joins a busy pair then waits for no capture.
 What runs eager (the very same forward, nothing captured):
   - everything when the model is not on a CUDA device;
   - the prefill and the units before W (bar the resp of unit W - 1), while the visible prefix
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -122,6 +124,23 @@ class UnitGraphs:
         static.load(x, t, pos, span)
         self.replays += 1
         return static.graph.replay().clone()
+
+    def warm_up(self, cache: KVCache, chunks: Sequence[tuple[int, int]]) -> None:
+        """Capture now, on `cache` (graphs are bound to it: the one its sessions will use), the
+        graph of each steady-state chunk (start, rows); a batch in both attention variants (a
+        slot that joins on its own makes it masked). The cache is reset after."""
+        p = next(self.transformer.parameters())
+        if not CudaGraph.supports(p.device):
+            return
+        B, D = cache.k.shape[1], self.transformer.cfg.dim
+        for masked in (False, True) if B > 1 else (False,):
+            cache.masked = masked
+            for start, L in chunks:
+                span = cache.span(start, L)
+                cache.mark(span)
+                self(torch.zeros(B, L, D, device=p.device, dtype=p.dtype), torch.zeros(B, L, device=p.device),
+                     torch.zeros(L, 3, device=p.device), cache=cache, span=span)
+        cache.reset()
 
     def _bind(self, cache: KVCache) -> None:
         """Graphs of another cache write into its memory: drop them when the cache changes."""

@@ -49,6 +49,8 @@ class Performer:
         self.s, self.eval_delay_s = streamer, eval_delay_s
         self.timer = StageTimer()
         self.cache = streamer.new_cache(slots)
+        if streamer.graphs is not None:  # captured now: a call joining later waits for none
+            streamer.warm_up_graphs(self.cache, media=False)
         self.noise: list[tuple[int, int]] = [(0, 0)] * slots  # per slot: (seed, first tick)
         lay = streamer.lay
         self._text_end = lay.obs + lay.text  # rows of a unit before its resp

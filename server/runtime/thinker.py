@@ -93,6 +93,8 @@ class Thinker:
         # one cache for every session of this pair: memory is allocated once and captured CUDA
         # graphs are not captured again each call
         self.state: SessionState = streamer.new_state(batch=slots)
+        if streamer.graphs is not None:  # captured now: a call joining later waits for none
+            streamer.warm_up_graphs(self.state.cache)
         self._sessions: dict[int, _Slot] = {}  # slot -> its session, from its first tick
         self._joining: dict[int, tuple[Character, int]] = {}  # slot -> (character, seed)
         self._pending: deque[tuple[int, Tensor, Tensor, Sequence[bytes], int]] = deque()

@@ -18,21 +18,23 @@ from torch import Tensor
 from model import unit_graphs
 from model.config import ModelConfig, tiny
 from model.duplex import DuplexModel, build_model
+from model.kv_cache import KVCache
 from model.streaming import Character, Streamer
 from tests.model.synthetic import make_character
 
 WINDOW, UNITS = 2, 4  # units 0..1 fill the ring, units 2..3 run in steady state
 
 
-def run_session(s: Streamer, character: Character, units: int) -> list[Tensor]:
-    """Every step of `units` units (seeded inputs, text and noise); what each step returned."""
+def run_session(s: Streamer, character: Character, units: int, cache: KVCache | None = None) -> list[Tensor]:
+    """Every step of `units` units (seeded inputs, text and noise); what each step returned.
+    `cache`: an earlier one, reset and reused (as a worker reuses its one cache)."""
     cfg, dev, dt = s.model.cfg, s.model.text_head.weight.device, s.model.text_head.weight.dtype
     g = torch.Generator().manual_seed(2)
     spf = cfg.audio.samples_per_unit
     frames = torch.rand(1, 4 * units, 3, cfg.video.height, cfg.video.width, generator=g) * 2 - 1
     audio = torch.rand(1, units * spf, generator=g) * 2 - 1
     text = torch.randint(0, 256, (1, units, cfg.text_slots), generator=g).to(dev)
-    st = s.new_state()
+    st = s.new_state(cache=cache)
     s.prefill(st, character)
     out = []
     for n in range(units):
@@ -113,6 +115,26 @@ def test_replays_from_static_buffers_equal_eager_bit_for_bit(
         assert all(torch.equal(a, b) for a, b in zip(got, eager, strict=True)), f"session {session}"
         assert s.graphs.captures == session * chunk_shapes(cfg)
         assert s.graphs.replays == session * steady_steps(cfg, UNITS)
+
+
+def test_graphs_captured_at_warm_up_serve_every_later_step_of_the_cache(
+        cfg: ModelConfig, model: DuplexModel, character: Character, eager: list[Tensor],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's start: every steady-state shape captured on its cache before any session
+    (a batch also masked: a slot joining on its own); its sessions then capture nothing."""
+    monkeypatch.setattr(unit_graphs, "CudaGraph", RerunGraph)
+    s = Streamer(model, cuda_graphs=True)
+    cache = s.new_cache()
+    s.warm_up_graphs(cache)
+    assert s.graphs.captures == chunk_shapes(cfg)
+    assert cache.length == 0 and not cache.written.any() and not cache.k.any(), "the cache is reset"
+    warm = s.graphs.replays
+    got = run_session(s, character, UNITS, cache)
+    assert all(torch.equal(a, b) for a, b in zip(got, eager, strict=True))
+    assert s.graphs.captures == chunk_shapes(cfg), "no capture while serving"
+    assert s.graphs.replays - warm == steady_steps(cfg, UNITS)
+    s.warm_up_graphs(s.new_cache(batch=2), media=False)  # a performer's batch: resp, both variants
+    assert s.graphs.captures == chunk_shapes(cfg) + 2
 
 
 def test_a_failed_capture_is_logged_once_and_the_steps_run_eager(
