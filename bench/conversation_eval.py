@@ -174,8 +174,8 @@ def judge(ep: Episode, played: Played, cfg: ModelConfig, image: np.ndarray) -> d
         out["cer"].append(edit_distance(said, t.spoken) / max(1, len(t.spoken)))
         # the captions' answer: the grammar's answer nearest the text (the audio judge's rule on
         # the text slots: right text with a wrong voice shows here and not in `answers`)
-        out["caption_answers"].append(min(grammar, key=lambda g: edit_distance(normalise(said), g))
-                                      == normalise(t.text))
+        caption = normalise(said)
+        out["caption_answers"].append(min(grammar, key=lambda g: edit_distance(caption, g)) == normalise(t.text))
     for stop, _ in ep.answers:
         later = np.flatnonzero(on[stop:stop + TURN_LIMIT])
         out["turn"].append(int(later[0]) if later.size else TURN_LIMIT)

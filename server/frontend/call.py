@@ -36,14 +36,14 @@ from aiortc.mediastreams import MediaStreamError
 
 from model.config import ModelConfig
 from server.engine import EngineSession
-from server.runtime.messages import UnitOutput
-from server.runtime.session import SessionEnded
 from server.frontend.characters import CharacterEntry
 from server.frontend.datachannel import Channel, PageMessageError, parse_message
 from server.frontend.playout import Playout
 from server.frontend.tracks import AvatarAudioTrack, AvatarVideoTrack
 from server.frontend.unit_assembler import AssembledUnit, UnitAssembler
 from server.metrics import Metrics
+from server.runtime.messages import UnitOutput
+from server.runtime.session import SessionEnded
 from server.settings import IceServer, Settings
 
 log = logging.getLogger("duplex.call")

@@ -85,9 +85,14 @@ class OutputQueue(Generic[T]):
             with self._cond:
                 if self._items:
                     return self._items.popleft()
-                fut = loop.create_future()
-                self._waiters.append((loop, fut))
-            await fut
+                waiter = (loop, loop.create_future())
+                self._waiters.append(waiter)
+            try:
+                await waiter[1]
+            finally:  # a cancelled task leaves no waiter behind for a later put to wake
+                with self._cond:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
 
     def __len__(self) -> int:
         with self._cond:

@@ -106,3 +106,21 @@ async def test_an_event_loop_awaits_outputs_put_from_another_thread() -> None:
     for i in (2, 3, 4):
         q.put(i)
     assert (await q.next(), await q.next(), q.dropped) == (3, 4, 1)  # the oldest went
+
+
+def test_a_cancelled_wait_leaves_nothing_behind_for_a_later_put() -> None:
+    """A call's pump task is cancelled when the call ends; outputs may still come after its
+    loop is gone: the put must neither fail nor lose the item."""
+    q: OutputQueue[int] = OutputQueue(2)
+    loop = asyncio.new_event_loop()
+
+    async def wait_then_cancel() -> None:
+        task = asyncio.ensure_future(q.next())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    loop.run_until_complete(wait_then_cancel())
+    loop.close()
+    q.put(1)
+    assert q.get(0) == 1
