@@ -44,7 +44,7 @@ from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.train import Conversation, Labels, Probes, train_step
 
-CURVES, TITLE = ("loss", "text", "flow", "card", "speaking", "intent"), "whole-model training"
+CURVES, TITLE = ("loss", "text", "flow", "voice", "card", "speaking", "intent"), "whole-model training"
 SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
 
 
@@ -60,6 +60,8 @@ class ModelRecipe(RunRecipe):
     card_steps: int = Field(800, ge=0, description="a new run's warm-up: the video encoder and the card probe "
                             "alone, on camera frames (needs probe_weight > 0)")
     card_batch: int = Field(32, description="one-unit camera clips a warm-up step")
+    voice_weight: float = Field(0.0, ge=0, description="weight of the audio's flow loss over the character's "
+                                "voiced units alone, on top of the flow loss (model/train.py)")
     context_noise: float = Field(0.6, ge=0, le=1, description="the character's speech and face the model "
                                  "sees as context: up to this share of noise (model/train.py)")
     batch: int = Field(2, description="conversations a step")
@@ -161,6 +163,7 @@ def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device
     warm = torch.arange(r.units) >= model.cfg.window_units  # a crop's units with a full window
     conv.scored = torch.stack([warm | (s == 0) for s in starts]).to(device)
     conv.labels = Labels(*(x.to(device) for x in vars(labels(crops)).values()))
+    conv.voiced = torch.tensor(np.stack([c.char_speaking for c in crops])).to(device)
     return conv
 
 
@@ -194,10 +197,11 @@ def train(r: ModelRecipe) -> dict:
         g.manual_seed(r.seed * 1_000_003 + step)  # times and noise of step n: a resume replays none
         for group in opt.param_groups:
             group["lr"] = r.lr * lr_scale(step, r.warmup, r.steps)
-        parts = train_step(model, opt, conv, g, r.context_noise, probes, r.probe_weight)
+        parts = train_step(model, opt, conv, g, r.context_noise, probes, r.probe_weight, r.voice_weight)
         return {"loss": parts["text"] + parts["flow"], **parts,
                 "data_s": t_data, "step_s": time.monotonic() - t0}
 
-    shown = ("text", "flow", "card", "intent", "step_s") if probes is not None else ("text", "flow", "step_s")
+    shown = ("text", "flow", "voice", "card", "intent", "step_s") if probes is not None \
+        else ("text", "flow", "voice", "step_s")
     return run_steps(r, model, opt, step, history, elapsed, one_step, shown, 10,
-                     CURVES if probes is not None else CURVES[:3], TITLE, probes)
+                     CURVES if probes is not None else CURVES[:4], TITLE, probes)

@@ -54,6 +54,7 @@ class Conversation:
     text: Tensor  # (B, N, k) the avatar's text slots (bytes, PAD when silent): targets
     resp: Latents  # clean response tokens, video (B, N, Rv, Cv p^2), audio (B, N, Ra, Ca)
     scored: Tensor | None = None  # (B, N) bool: units whose losses count (None: all)
+    voiced: Tensor | None = None  # (B, N) bool: units where the character speaks (the "voice" loss)
     labels: Labels | None = None  # the Probes' targets (None: no probe losses)
 
     @property
@@ -107,6 +108,9 @@ def forward_sequence(model: DuplexModel, conv: Conversation, noisy_resp: Latents
                    obs_v, obs_a, h_units[:, :, lay.obs])
 
 
+PROBE_LOSSES = ("card", "speaking", "intent")
+
+
 class Probes(nn.Module):
     """Linear heads on the model's states, for training only (see the module's docstring)."""
 
@@ -136,7 +140,8 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
            window: int | None = None, context_noise: float = 0.0,
            probes: Probes | None = None) -> dict[str, Tensor]:
     """Text cross-entropy ("text"), flow-matching MSE ("flow") with fresh times and noise for
-    every unit, and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
+    every unit, with conv.voiced the audio's flow MSE over the character's voiced units alone
+    ("voice"), and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
     B, N = conv.text.shape[:2]
     dev = conv.text.device
     t = sample_train_time(B * N, model.cfg.flow.shift, generator).view(B, N).to(dev)
@@ -151,6 +156,10 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
     ce = ce.view(B, N, -1).mean(-1)
     parts = {"text": ce.mean() if conv.scored is None else ce[conv.scored].mean(),
              "flow": flow_loss(out.velocity, conv.resp, eps, conv.scored)}
+    if conv.voiced is not None:
+        voiced = conv.voiced if conv.scored is None else conv.voiced & conv.scored
+        parts["voice"] = flow_loss((out.velocity.audio,), (conv.resp.audio,), (eps.audio,), voiced) \
+            if voiced.any() else out.velocity.audio.sum() * 0
     if probes is not None and conv.labels is not None:
         parts |= probes.losses(out, conv.labels, conv.scored)
     return parts
@@ -158,12 +167,14 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
 
 def train_step(model: DuplexModel, opt: torch.optim.Optimizer, conv: Conversation,
                generator: torch.Generator | None = None, context_noise: float = 0.0,
-               probes: Probes | None = None, probe_weight: float = 0.0) -> dict[str, float]:
-    """One optimiser step on text + flow (+ probe_weight x the probes' losses); opt holds the
-    probes' parameters too. Returns every loss."""
+               probes: Probes | None = None, probe_weight: float = 0.0,
+               voice_weight: float = 0.0) -> dict[str, float]:
+    """One optimiser step on text + flow (+ voice_weight x the voice loss, + probe_weight x the
+    probes' losses); opt holds the probes' parameters too. Returns every loss."""
     model.train()
     parts = losses(model, conv, generator, model.cfg.window_units, context_noise, probes)
-    total = parts["text"] + parts["flow"] + probe_weight * sum(v for k, v in parts.items() if k not in ("text", "flow"))
+    total = parts["text"] + parts["flow"] + voice_weight * parts.get("voice", 0.0) \
+        + probe_weight * sum(parts[k] for k in PROBE_LOSSES if k in parts)
     opt.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)

@@ -74,3 +74,24 @@ def test_context_noise_blurs_what_later_units_see_and_nothing_else(cfg) -> None:
     assert torch.equal(clean[:, 0], noisy_ctx[:, 0])
     assert not torch.allclose(clean[:, 1], noisy_ctx[:, 1])
     assert a["text"] != b["text"] and a["flow"] != b["flow"]
+
+
+def test_the_voice_loss_is_the_audio_flow_error_of_voiced_units_alone(cfg) -> None:
+    """conv.voiced marks the units where the character speaks: "voice" is the audio's flow error
+    over those (another unit's audio moves "flow", not "voice"); without conv.voiced: no "voice"."""
+    model = build_model(cfg, seed=0).eval()
+    conv = make_conversation(model, make_character(cfg), units=3, batch=1)
+
+    def parts(c) -> dict[str, float]:
+        with torch.no_grad():
+            return {k: v.item() for k, v in losses(model, c, torch.Generator().manual_seed(5), cfg.window_units).items()}
+
+    assert "voice" not in parts(conv)
+    conv.voiced = torch.tensor([[False, True, False]])
+    a = parts(conv)
+    conv.resp = Latents(conv.resp.video, conv.resp.audio.clone())
+    conv.resp.audio[:, 2] += 1.0  # the last unit: nobody's context, not voiced
+    b = parts(conv)
+    assert a["voice"] == b["voice"] and a["flow"] != b["flow"]
+    conv.resp.audio[:, 1] += 1.0
+    assert parts(conv)["voice"] != a["voice"]

@@ -52,9 +52,10 @@ def test_a_step_trains_on_answers_and_scores_only_units_with_a_full_window(codec
     for step in range(6):
         episodes = [conversation(s, model.cfg, "train", 24, synth=synth) for s in step_seeds(0, step, 2)]
         conv = batch_at(model, r, synth, step, torch.device("cpu"))
-        for e, scored, text in zip(episodes, conv.scored, conv.text):
+        for e, scored, text, voiced in zip(episodes, conv.scored, conv.text, conv.voiced):
             start = crop_start(e, 8, r.p_start)
             assert torch.equal(text, torch.from_numpy(e.text[start:start + 8]))
+            assert torch.equal(voiced, torch.from_numpy(e.char_speaking[start:start + 8]))
             if start == 0:
                 assert scored.all()
             else:
