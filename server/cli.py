@@ -1,5 +1,5 @@
 """The one `duplex` command: `serve` (the daemon), `presets`, `bench model-step|latency|kernels|soak|gpu-check`,
-`train` (the demonstrator, staged), `codec` (a file through a checkpoint's codec), `eval codec|model`.
+`train` (the demonstrator, staged), `codec` (a file through a checkpoint's codec), `eval codec|model|voice`.
 
 Each subcommand's module is imported only when it runs, so `duplex presets` stays light.
 """
@@ -11,7 +11,7 @@ import sys
 
 BENCHES = {"model-step": "bench.model_step", "latency": "bench.latency", "kernels": "bench.kernels", "soak": "bench.soak",
            "gpu-check": "bench.gpu_check"}
-EVALS = {"codec": "bench.codec", "model": "bench.conversation_eval"}
+EVALS = {"codec": "bench.codec", "model": "bench.conversation_eval", "voice": "bench.voice_eval"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("which", choices=sorted(BENCHES))
     sub.add_parser("train", help="train the demonstrator (duplex train --help: stages, budget)", add_help=False)
     sub.add_parser("codec", help="stream a wav through a checkpoint's codec, or --eval it", add_help=False)
-    e = sub.add_parser("eval", help="judge a checkpoint (duplex eval codec|model --help)", add_help=False)
+    e = sub.add_parser("eval", help="judge a checkpoint (duplex eval codec|model|voice --help)", add_help=False)
     e.add_argument("which", choices=sorted(EVALS))
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
