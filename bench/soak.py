@@ -351,15 +351,17 @@ def main(argv: list[str]) -> int:
 
     from bench.model_step import device_name, git_commit
     transport = (re.search(r'transport="(\w+)"', run["build"]) or [None, "gloo"])[1]
+    # what the daemon served: a checkpoint's own preset overrides --preset
+    served = (re.search(r'preset="([\w-]+)"', run["build"]) or [None, args.preset])[1]
     device = torch.device("cpu" if transport == "gloo" else "cuda")
-    r: dict[str, Any] = {"bench": "soak", "preset": args.preset, "transport": transport,
+    r: dict[str, Any] = {"bench": "soak", "preset": served, "transport": transport,
                          "device": device_name(device), "commit": git_commit(),
                          "date": dt.datetime.now().isoformat(timespec="seconds"),
                          "client": "aiortc on loopback, synthetic 320x240 camera at 30 fps + 48 kHz tone",
                          "daemon_log": str(log), "daemon_cpus": args.daemon_cpus,
                          "serve_args": args.serve_arg,
                          **summarise(run, args.minutes, args.sample_s)}
-    stem = result_stem(args.out, r["device"], args.preset, "soak", args.tag)
+    stem = result_stem(args.out, r["device"], served, "soak", args.tag)
     write_json(r, stem)
     plot(r, stem.with_suffix(".png"))
     if args.json:

@@ -13,6 +13,9 @@ inputs and the physical rows it writes, which a span carries as a device tensor 
 `row_ids`), not as a Python int. That is what lets unit_graphs.py capture the steady state.
 
 What the thinker ships to the performer is `rows(start, end)`; the performer `append`s them.
+Where both processes can hold the same memory (one GPU through CUDA IPC, or one machine's
+shared memory), the performer holds the thinker's very tensors instead (`shared`): the thinker
+announces a `Span` it wrote and ships no rows; only the counters are each holder's own.
 Counters are Python ints. Pure PyTorch: no processes, no sockets, no clocks.
 
 A batch of sessions (batch rows are slots) shares the rows' placement: the logical unit is the
@@ -47,6 +50,13 @@ class KVRows:
     @property
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2
+
+
+@dataclass(frozen=True)
+class Span:
+    """Logical rows [start, end) the owner of a shared cache wrote into it (in place of KVRows)."""
+    start: int
+    end: int
 
 
 @dataclass
@@ -145,6 +155,17 @@ class KVCache:
         self.written.zero_()
         self.length = 0
         self.masked = False
+
+    def shared(self) -> "KVCache":
+        """Another holder of these very tensors (k, v, `written`) with counters of its own: what
+        the performer steps on when the thinker's cache is shared with it."""
+        return KVCache(k=self.k, v=self.v, sinks=self.sinks, unit_rows=self.unit_rows, window=self.window,
+                       written=self.written)
+
+    def follow_reset(self) -> None:
+        """The owner of this shared cache reset it (`reset`): this holder's counters follow;
+        the rows are the owner's to clear."""
+        self.length, self.masked = 0, False
 
     def reset_slot(self, slot: int) -> None:
         """Empty batch row `slot` for a new session; the other slots go on untouched."""

@@ -50,7 +50,7 @@ from server.runtime.session import Session, SessionEnd
 from server.runtime.synthetic import synthetic_character, synthetic_unit
 from server.runtime.ticks import Tick, TickAssembler, Unit
 from server.runtime.timings import RecordSink, RunStats
-from server.runtime.transport import pick_transport
+from server.runtime.transport import pick_shared_cache, pick_transport
 from server.runtime.unit_clock import UnitClock
 from server.runtime.worker import WorkerSpec
 
@@ -63,6 +63,9 @@ class RuntimeConfig(BaseModel):
     checkpoint: str | None = None  # checkpoint folder; None = seeded dummy weights
     weights_seed: int = 0  # seed of the dummy weights
     transport: str = "auto"  # auto | gloo | ipc | nccl
+    # one KV cache for both workers, the thinker's (no rows shipped): None = on ipc (one GPU);
+    # gloo when True (shared memory); never nccl (transport.pick_shared_cache)
+    shared_cache: bool | None = None
     threads: int = Field(1, ge=1)  # torch threads per worker on CPU (one core a role)
     slots: int = Field(1, ge=1)  # sessions the pair serves at once (one batched step a tick)
     # a tick waits this long at most for a session's late unit, then fills it in (ticks.py)
@@ -116,6 +119,7 @@ class Supervisor:
                  on_fault: Callable[[Fault], None] | None = None):
         self.cfg, self.sink, self.on_fault = cfg, sink, on_fault
         self.transport = pick_transport(cfg.transport)
+        self.shared_cache = pick_shared_cache(self.transport, cfg.shared_cache)
         self.faults: list[Fault] = []
         self.restarts = 0
         self.all_pids: list[int] = []  # every worker ever started (tests check none is left)
@@ -214,7 +218,7 @@ class Supervisor:
         spec = WorkerSpec(Role.THINKER, c.preset, c.checkpoint, c.weights_seed, self.transport,
                           store="", threads=c.threads, heartbeat_s=c.heartbeat_s,
                           max_pending=c.max_lag_units * c.slots, slots=c.slots, backend=c.backend,
-                          cuda_graphs=c.cuda_graphs, compile=c.compile,
+                          cuda_graphs=c.cuda_graphs, compile=c.compile, shared_cache=self.shared_cache,
                           test_eval_delay_s=c.test_eval_delay_s)
         pair = WorkerPair(spec, c.hang_s, self._step_s)
         try:

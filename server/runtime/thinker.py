@@ -27,6 +27,10 @@ Typed text enters the stream as text input: its bytes queue up per slot and fill
 slots of that slot's next units in place of the model's own prediction (k bytes a unit, PAD
 after the last; the model then conditions on them as on any text, and they come out as captions).
 
+On a cache the performer shares (`shared`: the same tensors in both processes), `ship` and
+`joined` carry a `Span` of the rows written instead of the rows (performer.py says why that
+needs no lock).
+
 A plain class, called by tests in-process and by the worker shell (worker.py): it never
 touches a transport, a pipe, a clock or a signal. `ship`, `joined` and `emit` are the shell's.
 """
@@ -41,7 +45,7 @@ from torch import Tensor
 
 from model.config import PAD
 from model.duplex import Latents
-from model.kv_cache import KVRows
+from model.kv_cache import KVCache, KVRows, Span
 from model.media import frames_to_model, frames_to_uint8
 from model.streaming import Character, SessionState, Streamer
 from server.runtime.timings import StageTimer
@@ -71,9 +75,10 @@ def typed_slots(typed: Sequence[deque[int]], k: int, device: torch.device) -> Te
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-Ship = Callable[[int, KVRows, int], None]  # (tick, its new KV rows, its rung) -> the performer
+# (tick, its new KV rows (a Span of them on a shared cache), its rung) -> the performer
+Ship = Callable[[int, KVRows | Span, int], None]
 # (slot, seed, first tick, its sinks rows, fresh: every row's, the pair starts afresh) -> the performer
-Joined = Callable[[int, int, int, KVRows, bool], None]
+Joined = Callable[[int, int, int, KVRows | Span, bool], None]
 Emit = Callable[[Decoded], None]  # one decoded unit of one session -> the output
 
 
@@ -85,14 +90,20 @@ class _Slot:
 
 class Thinker:
     def __init__(self, streamer: Streamer, ship: Ship, emit: Emit, timer: StageTimer | None = None,
-                 max_pending: int = 8, slots: int = 1, joined: Joined | None = None):
+                 max_pending: int = 8, slots: int = 1, joined: Joined | None = None,
+                 shared: KVCache | None = None):
+        """`shared`: a cache of `slots` slots the performer holds too (performer.py): spans of it
+        are announced, no rows are shipped."""
         self.s, self.ship, self.emit = streamer, ship, emit
         self.joined = joined if joined is not None else (lambda *joined: None)
         self.timer = timer if timer is not None else StageTimer()
         self.max_pending = max_pending
+        self.shared = shared is not None
+        if shared is not None and shared.k.shape[1] != slots:
+            raise ValueError(f"the shared cache holds {shared.k.shape[1]} slot(s), the thinker {slots}")
         # one cache for every session of this pair: memory is allocated once and captured CUDA
         # graphs are not captured again each call
-        self.state: SessionState = streamer.new_state(batch=slots)
+        self.state: SessionState = streamer.new_state(batch=slots, cache=shared)
         if streamer.graphs is not None:  # captured now: a call joining later waits for none
             streamer.warm_up_graphs(self.state.cache)
         self._sessions: dict[int, _Slot] = {}  # slot -> its session, from its first tick
@@ -156,9 +167,7 @@ class Thinker:
                 self.s.prefill(st, character)
             else:
                 self.s.join(st, slot, character)
-            rows = st.cache.rows(0, lay.sinks)
-            if not fresh:
-                rows = KVRows(0, rows.k[:, slot:slot + 1], rows.v[:, slot:slot + 1])
+            rows = self._rows(0, lay.sinks, None if fresh else slot)
             del self._joining[slot]
             self._sessions[slot] = _Slot(first_tick=st.unit, typed=deque())
             self.joined(slot, seed, st.unit, rows, fresh)
@@ -242,6 +251,13 @@ class Thinker:
             tokens, _ = self.s.speak(st, forced=typed_slots(typed, self.s.lay.text, frames.device))
         self._started[t] = tokens, dict(self._sessions)
         # 3. ship the rows the performer lacks: resp_{t-1}, obs_t, text_t (all layers)
-        rows = st.cache.rows(self._sent, st.cache.length)
+        rows = self._rows(self._sent, st.cache.length)
         self._sent, self._awaiting = st.cache.length, t
         self.ship(t, rows, rung)
+
+    def _rows(self, start: int, end: int, slot: int | None = None) -> KVRows | Span:
+        """What the performer needs of logical rows [start, end) (of one slot, or all)."""
+        if self.shared:
+            return Span(start, end)
+        rows = self.state.cache.rows(start, end)
+        return rows if slot is None else KVRows(start, rows.k[:, slot:slot + 1], rows.v[:, slot:slot + 1])

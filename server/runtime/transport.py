@@ -6,9 +6,10 @@ three implementations picked from the hardware.
   ipc   one GPU shared by both processes: CUDA IPC buffers + events (transport_cuda.py);
         NCCL cannot put two ranks on one GPU.
 
-A message is a `Packet`: a fixed 8-int64 header, then at most one payload tensor whose shape
+A message is a `Packet`: a fixed 9-int64 header, then at most one payload tensor whose shape
 follows from the header and the model's static shapes (`WireShapes`), so nothing else is
-negotiated. Every packet but JOIN carries the pair's whole batch of slots. Down: OPEN (the
+negotiated. Where the performer shares the thinker's cache (model/kv_cache.py), OPEN, JOIN and
+ROWS carry a `Span` of rows in the header and no payload. Every packet but JOIN carries the pair's whole batch of slots. Down: OPEN (the
 pair starts afresh: every slot's prefill sinks), JOIN (a session joins in slot `session` at
 tick `unit`: that slot's sinks) and ROWS (the new rows of a tick: resp_{n-1}, obs_n, text_n of
 all layers); up: LATENTS (z_n). STOP ends the receiving thread at shutdown.
@@ -31,10 +32,10 @@ from torch import Tensor
 
 from model.config import ModelConfig
 from model.duplex import Latents
-from model.kv_cache import KVRows
+from model.kv_cache import KVRows, Span
 
 TRANSPORTS = ("gloo", "nccl", "ipc")
-HEADER = 8  # int64s: kind, session, unit, seed, start, n_rows, sent_ns, rung
+HEADER = 9  # int64s: kind, session, unit, seed, start, n_rows, sent_ns, rung, payload (0 or 1)
 # Liveness is judged by the supervisor's heartbeats, not by the transport: a receive may wait
 # through an idle gap between sessions (gloo closes the pair when an op outlives its timeout).
 IDLE_TIMEOUT = datetime.timedelta(days=7)
@@ -55,7 +56,7 @@ class Packet:
     unit: int = 0  # ROWS, LATENTS: the tick; JOIN: the session's first tick
     seed: int = 0  # OPEN, JOIN: the session's noise seed
     rung: int = 0  # ROWS only: the quality ladder's rung to solve the unit at
-    rows: KVRows | None = None  # OPEN, JOIN, ROWS
+    rows: KVRows | Span | None = None  # OPEN, JOIN, ROWS: the rows, or a Span of a shared cache
     latents: Latents | None = None  # LATENTS
     sent_ns: int = 0  # filled by send()
     nbytes: int = 0  # header + payload, filled by send() and recv()
@@ -95,19 +96,23 @@ class WireShapes:
 def encode(p: Packet) -> tuple[Tensor, Tensor | None]:
     """Packet -> (header int64 (HEADER,), payload or None); stamps p.sent_ns."""
     payload, start, n = None, 0, 0
-    if p.rows is not None:
+    if isinstance(p.rows, Span):
+        start, n = p.rows.start, p.rows.end - p.rows.start
+    elif p.rows is not None:
         payload, start, n = torch.stack([p.rows.k, p.rows.v]), p.rows.start, p.rows.k.shape[3]
     elif p.latents is not None:
         payload = torch.cat([p.latents.video.reshape(-1), p.latents.audio.reshape(-1)])
     p.sent_ns = time.monotonic_ns()
-    header = torch.tensor([int(p.kind), p.session, p.unit, p.seed, start, n, p.sent_ns, p.rung],
-                          dtype=torch.int64)
+    header = torch.tensor([int(p.kind), p.session, p.unit, p.seed, start, n, p.sent_ns, p.rung,
+                           int(payload is not None)], dtype=torch.int64)
     p.nbytes = header.nbytes + (payload.nbytes if payload is not None else 0)
     return header, payload
 
 
 def payload_shape(header: list[int], shapes: WireShapes) -> tuple[int, ...] | None:
     kind = PacketKind(header[0])
+    if not header[8]:
+        return None
     if kind in (PacketKind.OPEN, PacketKind.ROWS):
         return shapes.rows_shape(header[5])
     if kind is PacketKind.JOIN:
@@ -123,6 +128,8 @@ def decode(header: list[int], payload: Tensor | None, shapes: WireShapes) -> Pac
     p = Packet(kind, session=header[1], unit=header[2], seed=header[3], rung=header[7],
                sent_ns=header[6], recv_ns=time.monotonic_ns(), nbytes=HEADER * 8)
     if payload is None:
+        if kind in (PacketKind.OPEN, PacketKind.JOIN, PacketKind.ROWS):
+            p.rows = Span(header[4], header[4] + header[5])
         return p
     p.nbytes += payload.nbytes
     if kind is PacketKind.LATENTS:
@@ -212,6 +219,16 @@ def connect(name: str, rank: int, shapes: WireShapes, store_path: str,
             raise ValueError("the ipc transport needs the pipe between the workers (side=...)")
         return IpcTransport(rank, side, shapes, max_rows)
     raise ValueError(f"transport {name!r} is not one of {TRANSPORTS}")
+
+
+def pick_shared_cache(transport: str, asked: bool | None) -> bool:
+    """Whether both workers hold one KV cache (the thinker's): by default where one device holds
+    both (ipc: one GPU); on gloo when asked (one machine's shared memory); never on nccl (two GPUs)."""
+    if asked is None:
+        return transport == "ipc"
+    if asked and transport == "nccl":
+        raise ValueError("a shared KV cache needs both workers on one device; nccl puts them on two GPUs")
+    return asked
 
 
 def worker_device(transport: str, rank: int) -> torch.device:

@@ -6,7 +6,9 @@ What the shell owns, and the core never sees:
   2. a guard thread: a heartbeat into shared memory every `heartbeat_s` (the supervisor's
      hang detector) and a watch on the parent: an orphaned worker exits at once; and the start
      of each step stamped into shared memory (the supervisor's step watchdog)
-  3. the model (built or loaded), then the transport; READY goes up once both are there
+  3. the model (built or loaded), then the transport, then (`shared_cache`) the thinker's KV
+     cache handed to the performer over the side pipe (torch.multiprocessing pickles a CUDA
+     tensor as an IPC handle and a CPU one into shared memory); READY goes up once all are there
   4. one inbox fed by two reader threads (the control pipe, the transport), so the loop is
      event-driven and model compute never waits for a message it does not need
   5. WorkerFailed with the traceback before the process exits on any error
@@ -30,6 +32,7 @@ import torch
 from model.attention import Backend
 from model.config import preset
 from model.duplex import DuplexModel, build_model
+from model.kv_cache import KVCache
 from model.streaming import Streamer
 from server.runtime.messages import (EndSession, InputTick, Ready, Role, SessionClosed,
                                      SessionOpened, Shutdown, SolveReport, StartSession,
@@ -55,6 +58,7 @@ class WorkerSpec:
     backend: Backend  # the model's kernels
     cuda_graphs: bool
     compile: bool
+    shared_cache: bool  # one KV cache for both workers (the thinker's), rows never shipped
     test_eval_delay_s: float = 0.0  # test only: the performer sleeps this long per solver evaluation
 
 
@@ -66,6 +70,7 @@ class Shell:
         self._parent = os.getppid()
         self._send_lock = threading.Lock()
         self.transport: Transport | None = None
+        self.shared: KVCache | None = None  # spec.shared_cache: the thinker's cache, both sides
         self._rx: threading.Thread | None = None
 
     # 1. + 2. signals and the guard thread -------------------------------------------------
@@ -104,6 +109,14 @@ class Shell:
         shapes = WireShapes.of(model.cfg, dtype=model.text_head.weight.dtype, batch=spec.slots)
         self.transport = connect(spec.transport, spec.role.rank, shapes, spec.store, side,
                                  max_rows=max(lay.sinks, lay.unit))
+        if spec.shared_cache:  # before the readers start: the ipc transport reads the side pipe then
+            if side is None:
+                raise ValueError("a shared KV cache needs the pipe between the workers (side=...)")
+            if spec.role is Role.THINKER:
+                self.shared = streamer.new_cache(spec.slots)
+                side.send(self.shared)
+            else:
+                self.shared = side.recv()
         gc.freeze()  # the model and its modules: a full collection no longer walks them (a unit's deadline)
         self.send(Ready(spec.role, os.getpid(), str(device), self.transport.name))
         return streamer
@@ -175,7 +188,14 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
     shipped_ns: dict[int, int] = {}  # tick -> when its rows left
     latents_in: dict[int, tuple[int, float]] = {}  # tick -> (bytes, seconds) of its latents
 
+    def written() -> None:
+        """On a shared cache on a GPU, the rows announced must be there when the performer's
+        stream reads them: this process's queued writes are finished first."""
+        if shell.shared is not None and device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+
     def ship(tick: int, rows: Any, rung: int) -> None:
+        written()
         p = Packet(PacketKind.ROWS, 0, unit=tick, rows=rows, rung=rung)
         transport.send(p)
         shipped_ns[tick] = p.sent_ns
@@ -188,12 +208,13 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
 
     def joined(slot: int, seed: int, tick: int, rows: Any, fresh: bool) -> None:
         kind = PacketKind.OPEN if fresh else PacketKind.JOIN
+        written()
         transport.send(Packet(kind, slot, unit=tick, seed=seed, rows=rows))
         first[slot] = tick
         shell.send(SessionOpened(sessions[slot], tick))
 
     thinker = Thinker(streamer, ship, emit, timer, max_pending=shell.spec.max_pending,
-                      slots=shell.spec.slots, joined=joined)
+                      slots=shell.spec.slots, joined=joined, shared=shell.shared)
     for ev in shell.events():
         if isinstance(ev, StartSession):
             if not thinker.active:
@@ -224,7 +245,8 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
 def performer_loop(shell: Shell, streamer: Streamer) -> None:
     transport = shell.transport
     assert transport is not None
-    performer = Performer(streamer, eval_delay_s=shell.spec.test_eval_delay_s, slots=shell.spec.slots)
+    performer = Performer(streamer, eval_delay_s=shell.spec.test_eval_delay_s, slots=shell.spec.slots,
+                          shared=shell.shared)
     for ev in shell.events():
         if not isinstance(ev, Packet):
             raise TypeError(f"performer got an unexpected {type(ev).__name__}: {ev!r:.200}")

@@ -14,7 +14,7 @@ import torch
 
 from model.config import ModelConfig
 from model.duplex import build_model
-from model.kv_cache import KVRows
+from model.kv_cache import KVRows, Span
 from model.streaming import Character, Streamer
 from server.runtime.performer import Performer
 from server.runtime.reference import run_single
@@ -49,21 +49,22 @@ def _calls(cfg: ModelConfig) -> list[Call]:
             for i, (slot, first, units, typed) in enumerate(plan)]
 
 
-def _batched(streamer: Streamer, calls: list[Call], ahead: bool) -> dict[int, list[Decoded]]:
+def _batched(streamer: Streamer, calls: list[Call], ahead: bool, shared: bool) -> dict[int, list[Decoded]]:
     cfg = streamer.model.cfg
-    performer = Performer(streamer, slots=SLOTS)
-    rows: deque[tuple[int, KVRows]] = deque()
+    cache = streamer.new_cache(SLOTS) if shared else None  # the performer holds the thinker's
+    performer = Performer(streamer, slots=SLOTS, shared=cache)
+    rows: deque[tuple[int, KVRows | Span]] = deque()
     in_slot: dict[int, int] = {}  # slot -> the call (index) whose outputs it emits now
     got: dict[int, list[Decoded]] = {i: [] for i in range(len(calls))}
 
-    def joined(slot: int, seed: int, tick: int, sinks: KVRows, fresh: bool) -> None:
+    def joined(slot: int, seed: int, tick: int, sinks: KVRows | Span, fresh: bool) -> None:
         if fresh:
             performer.open(seed, sinks)
         else:
             performer.join(slot, seed, tick, sinks)
 
     thinker = Thinker(streamer, ship=lambda t, r, rung: rows.append((t, r)),
-                      emit=lambda d: got[in_slot[d.slot]].append(d), slots=SLOTS, joined=joined)
+                      emit=lambda d: got[in_slot[d.slot]].append(d), slots=SLOTS, joined=joined, shared=cache)
 
     def join_and_submit(t: int) -> None:
         for i, c in enumerate(calls):
@@ -104,11 +105,12 @@ def _batched(streamer: Streamer, calls: list[Call], ahead: bool) -> dict[int, li
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("ahead", [False, True], ids=["lockstep", "ahead"])
-def test_a_batch_of_session_slots_equals_each_session_alone(tiny_cfg: ModelConfig, ahead: bool) -> None:
+@pytest.mark.parametrize("ahead, shared", [(False, False), (True, False), (True, True)],
+                         ids=["lockstep", "ahead", "ahead-shared-cache"])
+def test_a_batch_of_session_slots_equals_each_session_alone(tiny_cfg: ModelConfig, ahead: bool, shared: bool) -> None:
     streamer = Streamer(build_model(tiny_cfg, seed=0))
     calls = _calls(tiny_cfg)
-    got = _batched(streamer, calls, ahead)
+    got = _batched(streamer, calls, ahead, shared)
     for i, c in enumerate(calls):
         inputs = (tuple(map(torch.from_numpy, c.unit(n))) for n in range(c.units))
         alone = run_single(streamer, c.character, c.seed, inputs, c.typed)

@@ -11,7 +11,7 @@ import torch
 
 from model.config import PAD, ModelConfig
 from model.duplex import build_model
-from model.kv_cache import KVRows
+from model.kv_cache import KVRows, Span
 from model.streaming import Streamer
 from server.runtime.performer import Performer, unit_noise
 from server.runtime.reference import run_single
@@ -62,17 +62,40 @@ def test_split_equals_single_process_bit_for_bit(supervisor: Supervisor, tiny_cf
     assert not torch.equal(reference[0].frames, reference[1].frames)
 
 
-def _in_process_pair(cfg: ModelConfig, arrival: str, sessions: int = 1) -> Iterator[Decoded]:
+@pytest.mark.timeout(90)
+def test_split_on_one_shared_cache_equals_single_process_bit_for_bit(tiny_cfg: ModelConfig,
+                                                                     reference: list[Decoded]) -> None:
+    """Both workers step on the thinker's KV cache (this machine's shared memory here, one GPU's
+    memory through CUDA IPC on `ipc`): the rows never travel, only a header announcing them."""
+    stats = RunStats()
+    cfg = TINY.model_copy(update={"shared_cache": True, "max_lag_units": 64, "output_queue": 64})
+    with Supervisor(cfg, sink=stats) as sup:
+        outputs, end = run_units(start_session(sup, tiny_cfg, seed=SEED), tiny_cfg, UNITS, typed=TYPED)
+    assert end.ok, end.reason
+    assert [o.unit for o in outputs] == list(range(UNITS))
+    for out, ref in zip(outputs, reference):
+        where = f"unit {out.unit}"
+        assert torch.equal(torch.from_numpy(out.text), ref.text[0]), where
+        assert torch.equal(torch.from_numpy(out.z_audio), ref.z.audio[0]), where
+        assert torch.equal(torch.from_numpy(out.frames), ref.frames[0]), where
+        assert torch.equal(torch.from_numpy(out.audio), ref.audio[0]), where
+    assert {r.transfers[DOWN].nbytes for r in stats.records} == {HEADER * 8}
+
+
+def _in_process_pair(cfg: ModelConfig, arrival: str, sessions: int = 1, shared: bool = False) -> Iterator[Decoded]:
     """Thinker and Performer cores wired by a FIFO. `ahead`: every input unit arrives before
     any latents come back (the thinker's pending queue and its commit -> next -> decode order);
     `lockstep`: one unit in flight at a time. The last of `sessions` sessions is returned: each
-    worker keeps its one KV cache for all of them."""
+    worker keeps its one KV cache for all of them. `shared`: the performer holds the thinker's
+    cache (spans announced, no rows shipped)."""
     streamer = Streamer(build_model(cfg, seed=0))
-    rows_fifo: deque[tuple[int, KVRows]] = deque()
+    rows_fifo: deque[tuple[int, KVRows | Span]] = deque()
     decoded: list[Decoded] = []
-    performer = Performer(streamer)
+    cache = streamer.new_cache() if shared else None
+    performer = Performer(streamer, shared=cache)
     thinker = Thinker(streamer, ship=lambda n, rows, rung: rows_fifo.append((n, rows)), emit=decoded.append,
-                      max_pending=UNITS, joined=lambda slot, seed, tick, rows, fresh: performer.open(seed, rows))
+                      max_pending=UNITS, joined=lambda slot, seed, tick, rows, fresh: performer.open(seed, rows),
+                      shared=cache)
     first_cache = thinker.state.cache
     for _ in range(sessions - 1):  # earlier sessions, on other input, leave their rows behind
         thinker.join(0, synthetic_character(cfg), SEED + 1)
@@ -100,13 +123,15 @@ def _in_process_pair(cfg: ModelConfig, arrival: str, sessions: int = 1) -> Itera
     yield from decoded
 
 
-@pytest.mark.parametrize("arrival, sessions", [("ahead", 1), ("lockstep", 1), ("lockstep", 2)])
+@pytest.mark.parametrize("arrival, sessions, shared", [("ahead", 1, False), ("lockstep", 1, False),
+                                                       ("lockstep", 2, False), ("ahead", 1, True),
+                                                       ("lockstep", 2, True)])
 def test_in_process_cores_equal_single_process_bit_for_bit(tiny_cfg: ModelConfig, arrival: str, sessions: int,
-                                                            reference: list[Decoded]) -> None:
+                                                            shared: bool, reference: list[Decoded]) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        got = list(_in_process_pair(tiny_cfg, arrival, sessions))
+        got = list(_in_process_pair(tiny_cfg, arrival, sessions, shared))
     finally:
         torch.set_num_threads(threads)
     assert [d.unit for d in got] == list(range(UNITS))
@@ -184,3 +209,13 @@ def test_both_roles_stage_timings_and_transfers_reach_one_record_per_unit(
     # signal to signal spans the thinker's front, the solve and the decode of the same unit
     front = r.stages[THINKER]["encode"] + r.stages[THINKER]["language"]
     assert r.signal_to_signal > front + r.stages[PERFORMER]["solve"] + r.stages[THINKER]["decode"]
+
+
+def test_a_performer_and_its_thinker_must_agree_on_sharing_the_cache(tiny_cfg: ModelConfig) -> None:
+    streamer = Streamer(build_model(tiny_cfg, seed=0))
+    sinks = streamer.lay.sinks
+    with pytest.raises(ValueError, match="must agree on whether the cache is shared"):
+        Performer(streamer).open(0, Span(0, sinks))
+    rows = streamer.new_cache().rows(0, 0)
+    with pytest.raises(ValueError, match="must agree on whether the cache is shared"):
+        Performer(streamer, shared=streamer.new_cache()).open(0, rows)

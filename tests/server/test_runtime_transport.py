@@ -1,7 +1,9 @@
 """The transport: packets are encoded and decoded bit for bit, the transport is picked from the
 hardware (2+ GPUs: nccl, 1: ipc, none: gloo) and a GPU transport asked for on a machine
 without the GPUs is refused with the fix. The CUDA transports run only on GPU machines
-(marker `gpu`); on CPU their module must still import, so that a syntax or import slip shows."""
+(marker `gpu`); on CPU their module must still import, so that a syntax or import slip shows.
+A shared cache's span travels in the header alone, and a cache is shared only where one device
+can hold both workers."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 
 from model.config import tiny
 from model.duplex import Latents
-from model.kv_cache import KVRows
+from model.kv_cache import KVRows, Span
 from server.runtime import transport as tr
 from server.runtime.transport import Packet, PacketKind, WireShapes, decode, encode, pick_transport
 
@@ -42,6 +44,23 @@ def test_packets_survive_encode_and_decode_bit_for_bit() -> None:
     assert (joined.kind, joined.session, joined.unit, joined.seed) == (PacketKind.JOIN, 1, 9, 12)
     assert torch.equal(joined.rows.k, one.k) and torch.equal(joined.rows.v, one.v)
     assert _roundtrip(Packet(PacketKind.STOP, session=0), shapes).kind is PacketKind.STOP
+    # on a shared cache the rows stay put: a span of them travels in the header alone
+    span = _roundtrip(Packet(PacketKind.ROWS, session=0, unit=6, rows=Span(40, 47), rung=1), shapes)
+    assert (span.rows, span.rung, span.nbytes) == (Span(40, 47), 1, tr.HEADER * 8)
+    assert _roundtrip(Packet(PacketKind.JOIN, session=2, unit=9, rows=Span(0, 12)), shapes).rows == Span(0, 12)
+
+
+@pytest.mark.parametrize("transport, asked, shared", [("ipc", None, True), ("gloo", None, False),
+                                                      ("nccl", None, False), ("gloo", True, True),
+                                                      ("ipc", False, False)])
+def test_one_cache_is_shared_where_one_device_holds_both_workers(transport: str, asked: bool | None,
+                                                                  shared: bool) -> None:
+    assert tr.pick_shared_cache(transport, asked) is shared
+
+
+def test_a_shared_cache_across_two_gpus_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs both workers on one device"):
+        tr.pick_shared_cache("nccl", True)
 
 
 @pytest.mark.parametrize("gpus, auto", [(0, "gloo"), (1, "ipc"), (2, "nccl"), (8, "nccl")])
