@@ -188,14 +188,14 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
     shipped_ns: dict[int, int] = {}  # tick -> when its rows left
     latents_in: dict[int, tuple[int, float]] = {}  # tick -> (bytes, seconds) of its latents
 
-    def written() -> None:
+    def finish_writes() -> None:
         """On a shared cache on a GPU, the rows announced must be there when the performer's
         stream reads them: this process's queued writes are finished first."""
         if shell.shared is not None and device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
 
     def ship(tick: int, rows: Any, rung: int) -> None:
-        written()
+        finish_writes()
         p = Packet(PacketKind.ROWS, 0, unit=tick, rows=rows, rung=rung)
         transport.send(p)
         shipped_ns[tick] = p.sent_ns
@@ -208,7 +208,7 @@ def thinker_loop(shell: Shell, streamer: Streamer) -> None:
 
     def joined(slot: int, seed: int, tick: int, rows: Any, fresh: bool) -> None:
         kind = PacketKind.OPEN if fresh else PacketKind.JOIN
-        written()
+        finish_writes()
         transport.send(Packet(kind, slot, unit=tick, seed=seed, rows=rows))
         first[slot] = tick
         shell.send(SessionOpened(sessions[slot], tick))
