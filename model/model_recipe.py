@@ -21,6 +21,10 @@ being answered, read off the model's states at every unit (labels the episodes c
 them the run before (1300 steps) spoke whole sentences but chose them regardless of the
 question and the card. A new run first trains the encoder's video branch with the card probe
 alone on camera frames for `card_steps` (3.6 minutes on 2 cores: whole-model steps see few cards).
+
+`voice_weight` adds model/train.py's voice loss (the audio's flow error over the character's
+voiced units): the shipped run (0) never learnt the voice; with 4 the judge hears answers, and
+the captions and turns suffer (README, "The voice, measured and trained").
 """
 from __future__ import annotations
 
