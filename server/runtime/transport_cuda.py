@@ -16,7 +16,9 @@ allocates an inbox buffer at the largest message it will receive and shares it w
 over a pipe (torch.multiprocessing pickles a CUDA tensor as an IPC handle), together with an
 interprocess event. A send copies into the peer's inbox on a copy stream, records the event
 and sends the header down the pipe; the receiver waits on the event on its own stream, copies
-out, and acks so the sender may reuse the inbox.
+out, and acks so the sender may reuse the inbox. With one shared KV cache (the default on ipc,
+worker.py) no rows use the performer's inbox: the thinker's header names the rows it wrote in
+the cache both hold, after its stream has finished writing them; latents still come up this way.
 """
 from __future__ import annotations
 
