@@ -41,6 +41,7 @@ import torch
 from bench.judges import pick
 from model.config import FRAMES_PER_UNIT, PAD, ModelConfig
 from model.data import CHARACTERS, Episode, Synth, conversation
+from model.data.episode import Turn
 from model.data.face import FaceRenderer
 from model.data.tables import answer
 from model.flow import Rung
@@ -154,6 +155,13 @@ def mouth_openness(frames: np.ndarray, image: np.ndarray, box: tuple[slice, slic
     return out
 
 
+def answer_spans(ep: Episode) -> list[tuple[Turn, tuple[int, int]]]:
+    """The answers finished within the episode (a cut one is judged as a barge-in), each with
+    the units it is judged over: from 2 before it to 3 after."""
+    return [(t, (max(0, t.start_unit - 2), min(ep.units, t.end_unit + 3))) for t in ep.turns
+            if t.speaker == "character" and t.intent != "greet" and not t.cut and t.end_unit <= ep.units]
+
+
 def judge(ep: Episode, played: Played, cfg: ModelConfig, image: np.ndarray) -> dict:
     """One conversation's measurements (lists, pooled over conversations by `summarise`).
     `image` is the portrait (H, W, 3) uint8 the character was prefilled with."""
@@ -162,10 +170,7 @@ def judge(ep: Episode, played: Played, cfg: ModelConfig, image: np.ndarray) -> d
     grammar = answer_texts(ep.character)
     out: dict[str, list] = {"answers": [], "colour_answers": [], "caption_answers": [], "cer": [], "turn": [],
                             "listening": [], "barge_in": [], "face": []}
-    for t in ep.turns:  # answers finished within the episode (a cut one is judged as a barge-in)
-        if t.speaker != "character" or t.intent == "greet" or t.cut or t.end_unit > ep.units:
-            continue
-        a, b = max(0, t.start_unit - 2), min(ep.units, t.end_unit + 3)
+    for t, (a, b) in answer_spans(ep):
         heard = pick(played.audio[a * spu:b * spu], rate, grammar)
         out["answers"].append(heard == normalise(t.text))
         if t.intent == "colour":

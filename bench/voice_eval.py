@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.conversation_eval import RESULTS, answer_texts, normalise
+from bench.conversation_eval import RESULTS, answer_spans, answer_texts, normalise
 from bench.judges import pick
 from model.data import Episode, Synth, conversation, media_batch
 from model.duplex import DuplexModel, Latents
@@ -60,13 +60,7 @@ def sampled_voice(model: DuplexModel, conv: Conversation, steps: int, g: torch.G
 def answers_heard(ep: Episode, audio: np.ndarray, samples_per_unit: int, rate: int) -> list[bool]:
     """The grammar judge on each whole answer (as `duplex eval model` judges them)."""
     grammar, spu = answer_texts(ep.character), samples_per_unit
-    heard = []
-    for t in ep.turns:
-        if t.speaker != "character" or t.intent == "greet" or t.cut or t.end_unit > ep.units:
-            continue
-        a, b = max(0, t.start_unit - 2), min(ep.units, t.end_unit + 3)
-        heard.append(pick(audio[a * spu:b * spu], rate, grammar) == normalise(t.text))
-    return heard
+    return [pick(audio[a * spu:b * spu], rate, grammar) == normalise(t.text) for t, (a, b) in answer_spans(ep)]
 
 
 @torch.no_grad()

@@ -68,8 +68,8 @@ class Performer:
 
     def _check(self, rows: KVRows | Span) -> None:
         if isinstance(rows, Span) != self.shared:
-            raise ValueError(f"a performer {'sharing' if self.shared else 'with'} its own copy of the "
-                             f"thinker's cache got {type(rows).__name__}; both ends must agree on "
+            held = "sharing the thinker's cache" if self.shared else "with its own copy of the thinker's cache"
+            raise ValueError(f"a performer {held} got {type(rows).__name__}; both ends must agree on "
                              f"whether the cache is shared")
 
     def _check_sinks(self, rows: KVRows | Span, batch: int) -> None:
