@@ -17,8 +17,9 @@ over a pipe (torch.multiprocessing pickles a CUDA tensor as an IPC handle), toge
 interprocess event. A send copies into the peer's inbox on a copy stream, records the event
 and sends the header down the pipe; the receiver waits on the event on its own stream, copies
 out, and acks so the sender may reuse the inbox. With one shared KV cache (the default on ipc,
-worker.py) no rows use the performer's inbox: the thinker's header names the rows it wrote in
-the cache both hold, after its stream has finished writing them; latents still come up this way.
+worker.py) no rows use the performer's inbox (it then holds one element): the thinker's header
+names the rows it wrote in the cache both hold, after its stream has finished writing them;
+latents still come up this way.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class IpcTransport(Transport):
         # 1. my inbox: rows for the performer, latents for the thinker
         numel = (torch.Size(shapes.rows_shape(max_rows)).numel() if rank == 1
                  else shapes.latents_numel())
-        self._inbox = torch.empty(numel, dtype=shapes.dtype, device=self.device)
+        self._inbox = torch.empty(max(numel, 1), dtype=shapes.dtype, device=self.device)  # never empty: shared by IPC
         self._sent = torch.cuda.Event(interprocess=True)  # recorded after each copy I send
         # 2. swap inbox and event handles with the peer (CUDA IPC through the pipe)
         side.send((self._inbox, self._sent.ipc_handle()))
