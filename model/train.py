@@ -32,6 +32,7 @@ from model.config import BOS, ModelConfig
 from model.data.tables import COLOUR_NAMES, INTENTS
 from model.duplex import DuplexModel, Latents
 from model.flow import flow_loss, noisy, sample_train_time
+from model.attention import SparseMask
 from model.layout import block_causal_mask, sequence_meta
 
 
@@ -70,6 +71,9 @@ def text_inputs(text: Tensor) -> Tensor:
     return shifted.view_as(text)
 
 
+ATTENTION_BLOCK = 64  # query rows that share one gathered set of keys (attention.SparseMask)
+
+
 class Outputs(NamedTuple):
     logits: Tensor  # (B, N, k, V) text logits
     velocity: Latents  # of the noisy copies, like conv.resp
@@ -99,7 +103,7 @@ def forward_sequence(model: DuplexModel, conv: Conversation, noisy_resp: Latents
         times += [torch.zeros(B, lay.obs + lay.text + lay.resp, device=dev), t[:, n:n + 1].expand(B, lay.resp)]
     x = torch.cat(parts, 1)
     meta = sequence_meta(lay, model.geometry, N, noisy=True)
-    mask = block_causal_mask(meta, meta, lay, window).to(dev)
+    mask = SparseMask.of(block_causal_mask(meta, meta, lay, window).to(dev), ATTENTION_BLOCK)
     h = model.transformer(x, torch.cat(times, 1), meta.pos.to(dev), mask=mask)
     h_units = h[:, lay.sinks:].view(B, N, lay.unit + lay.resp, -1)
     logits = model.text_logits(h_units[:, :, lay.obs:lay.obs + lay.text])

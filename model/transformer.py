@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import Backend, attend, attend_beside, norm_modulate, rotate
+from model.attention import Backend, SparseMask, attend, attend_beside, norm_modulate, rotate
 from model.config import TransformerConfig
 from model.kv_cache import CacheSpan, KVCache
 
@@ -64,7 +64,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, backend: Backend,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | SparseMask | None, backend: Backend,
                 cache: KVCache | None, layer: int, span: CacheSpan | None,
                 held: list[tuple[Tensor, Tensor]] | None = None, stale: Tensor | None = None,
                 prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -110,7 +110,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.modulation = nn.Parameter(torch.zeros(6, cfg.dim))  # per-block bias on the shared one
 
-    def forward(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+    def forward(self, x: Tensor, mod: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | SparseMask | None,
                 backend: Backend, cache: KVCache | None, layer: int, span: CacheSpan | None,
                 held: list[tuple[Tensor, Tensor]] | None = None, stale: Tensor | None = None,
                 prior: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -131,14 +131,15 @@ class Transformer(nn.Module):
         self.final_modulation = nn.Linear(cfg.dim, 2 * cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
 
-    def forward(self, x: Tensor, t: Tensor, pos: Tensor, mask: Tensor | None = None,
+    def forward(self, x: Tensor, t: Tensor, pos: Tensor, mask: Tensor | SparseMask | None = None,
                 cache: KVCache | None = None, span: CacheSpan | None = None,
                 held: list[tuple[Tensor, Tensor]] | None = None,
                 prior: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """x (B, L, D) embedded tokens; t (B, L) solver time per token (0 = clean context), or
         (B, 1): one time for the whole chunk (the modulation is computed once, not per token);
-        pos (L, 3). Offline: mask (L, L) bool or None. Serving: the cache and the chunk's span
-        in it, `cache.span(start, L)`. `held`, a list: the cache is only read; each layer's
+        pos (L, 3). Offline: mask (L, L) bool (or a SparseMask of one) or None. Serving: the
+        cache and the chunk's span in it, `cache.span(start, L)`. `held`, a list: the cache is
+        only read; each layer's
         chunk k, v (B, Hkv, L, d) are appended to it for the caller to write at span.rows,
         and attention takes them beside the cache (attend_beside; the compiled path). `prior`
         (with `held`): per layer, k, v (B, Hkv, P, d) of the P rows just before the chunk, held
