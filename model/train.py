@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.attention import SparseMask
 from model.config import BOS, ModelConfig
 from model.data.tables import COLOUR_NAMES, INTENTS
 from model.duplex import DuplexModel, Latents
 from model.flow import flow_loss, noisy, sample_train_time
-from model.attention import SparseMask
 from model.layout import block_causal_mask, sequence_meta
 
 

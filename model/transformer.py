@@ -139,9 +139,9 @@ class Transformer(nn.Module):
         (B, 1): one time for the whole chunk (the modulation is computed once, not per token);
         pos (L, 3). Offline: mask (L, L) bool (or a SparseMask of one) or None. Serving: the
         cache and the chunk's span in it, `cache.span(start, L)`. `held`, a list: the cache is
-        only read; each layer's
-        chunk k, v (B, Hkv, L, d) are appended to it for the caller to write at span.rows,
-        and attention takes them beside the cache (attend_beside; the compiled path). `prior`
+        only read; each layer's chunk k, v (B, Hkv, L, d) are appended to it for the caller to
+        write at span.rows, and attention takes them beside the cache (attend_beside; the
+        compiled path). `prior`
         (with `held`): per layer, k, v (B, Hkv, P, d) of the P rows just before the chunk, held
         beside the cache as well (the text slots of a unit run as one graph); `span` then covers
         those P rows and the chunk's L, and `held` receives the chunk's rows only."""
