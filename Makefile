@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[serve,test]'
 	touch $(STAMP)
 
-# --compile: about 1.4x faster steps on CPU; the first start compiles for 1-2 minutes
+# --compile: about 1.4x faster steps on CPU; the first start compiles for 1-5 minutes
 run: install
 	$(BIN)/duplex serve --compile $(ARGS)
 

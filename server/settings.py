@@ -105,8 +105,9 @@ class Settings(BaseSettings):
                                                              "channel) arrived this long after the answer "
                                                              "is ended")
     max_offer_bytes: int = Field(65536, ge=1024, description="largest POST /offer body accepted")
-    ready_timeout_s: float = Field(300.0, gt=0, description="worker start-up limit (model load, and "
-                                                            "with --compile a cold compile: ~1 min on 2 cores)")
+    ready_timeout_s: float = Field(900.0, gt=0, description="worker start-up limit (model load, and "
+                                                            "with --compile a cold compile: the demo's took "
+                                                            "4.7 min to /readyz on a slow 2-core VM)")
     drain_seconds: float = Field(30.0, ge=0, description="on SIGTERM/SIGINT: no new calls at once, "
                                                          "running calls go on for up to this long, "
                                                          "then end with 'server draining'")
