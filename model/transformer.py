@@ -141,10 +141,10 @@ class Transformer(nn.Module):
         cache and the chunk's span in it, `cache.span(start, L)`. `held`, a list: the cache is
         only read; each layer's chunk k, v (B, Hkv, L, d) are appended to it for the caller to
         write at span.rows, and attention takes them beside the cache (attend_beside; the
-        compiled path). `prior`
-        (with `held`): per layer, k, v (B, Hkv, P, d) of the P rows just before the chunk, held
-        beside the cache as well (the text slots of a unit run as one graph); `span` then covers
-        those P rows and the chunk's L, and `held` receives the chunk's rows only."""
+        compiled path). `prior` (with `held`): per layer, k, v (B, Hkv, P, d) of the P rows just
+        before the chunk, held beside the cache as well (the text slots of a unit run as one
+        graph); `span` then covers those P rows and the chunk's L, and `held` receives the
+        chunk's rows only."""
         B, L, D = x.shape
         if cache is not None and mask is not None:
             raise ValueError("pass either a mask (whole sequence) or a cache (streaming), not both")
