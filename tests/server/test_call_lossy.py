@@ -11,10 +11,13 @@ reorder), from a seeded generator per direction; ICE, DTLS, SCTP, RTP and RTCP a
 Lip-sync, as asserted: each output frame carries the daemon's playout schedule as its pts (one
 schedule for both tracks), so a frame's arrival minus its pts is how late it came. Loss, jitter,
 retransmissions and a receiver stalled for a moment only ever add to that, so per second of the
-window the least of it, for video minus for audio, is the A/V skew the daemon sent; it must not
-move by more than SKEW_DRIFT_S (half a unit) over the window. (The median is not: in CI one second's
-video median once came 180 ms later than the six others, which stayed within 50 ms.) Every
-second of the window also brings video and audio frames; the model's units are counted over it.
+window the least of it, for video minus for audio, is the A/V skew the daemon sent. Drift is a
+trend: the median skew of the window's last three seconds must lie within SKEW_DRIFT_S of its
+first three's (a drift of 7 ms a second or more fails it), and no one second may stray by more
+than a unit from the window's median. (A single second is not held to the drift bound: on a
+loaded 2-core CI box one second's least video lateness once rose 70 ms above its neighbours',
+the others within 40 ms, and a second's median once rose 180 ms.) Every second of the window
+also brings video and audio frames; the model's units are counted over it.
 """
 from __future__ import annotations
 
@@ -26,13 +29,14 @@ import time
 import numpy as np
 import pytest
 
+from model.config import UNIT_SECONDS
 from tests.server.call_client import CallClient, rates
 from tests.server.call_helpers import metric
 
 pytestmark = pytest.mark.timeout(120)
 LOSS, JITTER_S, SEED = 0.05, 0.050, 1234
-SETTLE_S, WINDOW_S = 3.0, 7.0  # the window starts once the receivers' jitter buffers have filled
-SKEW_DRIFT_S = 0.08  # half a unit
+SETTLE_S, WINDOW_S = 3.0, 9.0  # the window starts once the receivers' jitter buffers have filled
+SKEW_DRIFT_S = UNIT_SECONDS / 4
 LOOPBACK = "127.0.0.1"
 CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ .*$", re.I)
 
@@ -136,6 +140,8 @@ async def test_a_call_through_5pc_loss_and_50ms_jitter_keeps_its_units_fps_and_l
                   "audio": sum(1 for t, _, _ in got.audio if lo <= t < lo + 1)}
         assert second["video"] >= 10 and second["audio"] >= 15, \
             f"a second {lo - t0:.0f} s into the call lacks media: {second}"
-    drift = max(skew) - min(skew)
-    assert drift <= SKEW_DRIFT_S, (f"audio and video drifted apart by {drift * 1e3:.0f} ms over the window "
-                                   f"(per-second A/V skew, ms: {[round(s * 1e3) for s in skew]})")
+    shown = f"(per-second A/V skew, ms: {[round(s * 1e3) for s in skew]})"
+    drift = float(np.median(skew[-3:]) - np.median(skew[:3]))
+    assert abs(drift) <= SKEW_DRIFT_S, f"audio and video drifted apart by {drift * 1e3:.0f} ms over the window {shown}"
+    stray = max(abs(s - float(np.median(skew))) for s in skew)
+    assert stray <= UNIT_SECONDS, f"one second's A/V skew strayed {stray * 1e3:.0f} ms from the window's {shown}"
