@@ -17,6 +17,9 @@ lip-sync holds by construction, whatever either track's timing.
   delay       adapts to the model: a high quantile of how late recent units arrived after
               their due time, plus a margin; a change moves the schedule (a held or a skipped
               frame) and happens only when it is worth more than HYSTERESIS_S
+A track behind its schedule (a busy event loop) sends its next frames at once, in order, and
+skips to the present only when more than CATCH_UP_S behind: no audio is lost to a stall shorter
+than a unit, and latency builds up by at most that.
 Before the call's first media the unit clock has not started (unit_assembler.py): the tracks
 wait for `started` and send nothing. Units the runtime skipped (the pair was behind) never
 arrive: their ticks hold the last frame and play silence, counted as underruns.
@@ -49,6 +52,7 @@ AUDIO_PER_TICK = round(TICK_S / AUDIO_FRAME_S)  # 2
 # The playout delay: the QUANTILE of the last WINDOW units' lateness, plus MARGIN_S.
 WINDOW, QUANTILE, MARGIN_S, HYSTERESIS_S = 50, 0.95, 0.002, 0.005
 START_DELAY_S, MAX_DELAY_S = 0.2, 1.0  # before the first unit; the most it may grow to
+CATCH_UP_S = 0.16  # a track further behind its schedule than a unit skips to the present
 
 
 @dataclass
@@ -85,11 +89,21 @@ class Playout:
         """When tick 0 (unit 0, frame 0) plays."""
         return self.clock.due(0) + self.delay
 
-    def next_index(self, last: int | None, period: float) -> int:
-        """A track's next frame index: one after its last, or the current one if it fell behind."""
+    def next_index(self, last: int | None, then: float, period: float) -> int:
+        """A track's next frame index, given its last and the origin `then` when it chose it.
+        Frames the schedule moved over (the delay shrank) are skipped, as before; those the
+        track itself fell behind by (a busy event loop) go at once, in order: the receiver's
+        jitter buffer absorbs the burst, where a skipped 20 ms of audio is a click. A track
+        more than CATCH_UP_S behind skips to the current frame."""
         self.playing = True
-        current = int((time.monotonic() - self.origin) // period)
-        return current if last is None else max(last + 1, current)
+        now = time.monotonic()
+        current = int((now - self.origin) // period)
+        if last is None:
+            return current
+        behind = int((now - then) // period) - last - 1  # on the schedule it chose `last` on
+        if behind * period > CATCH_UP_S:
+            return current
+        return max(last + 1, current - max(0, behind))
 
     def due(self, index: int, period: float) -> float:
         return self.origin + index * period

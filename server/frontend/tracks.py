@@ -33,6 +33,7 @@ class PacedTrack(MediaStreamTrack):
         super().__init__()
         self.playout = playout
         self._i: int | None = None
+        self._origin = 0.0  # the schedule's origin when _i was chosen
 
     def take(self, i: int) -> av.VideoFrame | av.AudioFrame | None:
         raise NotImplementedError
@@ -48,7 +49,8 @@ class PacedTrack(MediaStreamTrack):
             raise MediaStreamError
         try:
             await self.playout.started.wait()  # no schedule before the call's first media
-            self._i = i = self.playout.next_index(self._i, self.period)
+            self._i = i = self.playout.next_index(self._i, self._origin, self.period)
+            self._origin = self.playout.origin
             await asyncio.sleep(max(0.0, self.playout.due(i, self.period) - time.monotonic()))
             frame = self.take(i)
             if frame is None:
