@@ -106,3 +106,14 @@ def test_a_killed_run_resumes_where_it_stopped(codec: Path, tmp_path: Path) -> N
     a = torch.load(tmp_path / "whole" / STATE, weights_only=False)["heads"]
     b = torch.load(tmp_path / "parts" / STATE, weights_only=False)["heads"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_a_compiled_run_trains_as_the_eager_one(codec: Path, tmp_path: Path) -> None:
+    eager = train(ModelRecipe(codec=codec, out=tmp_path / "eager", steps=3, **SMALL))
+    compiled = train(ModelRecipe(codec=codec, out=tmp_path / "compiled", steps=3, compile=True, **SMALL))
+    assert compiled["step"] == eager["step"] == 3
+    a = torch.load(tmp_path / "eager" / STATE, weights_only=False)
+    b = torch.load(tmp_path / "compiled" / STATE, weights_only=False)
+    assert a["model"].keys() == b["model"].keys()  # the checkpoint's names, not the compiler's
+    assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) <= 1e-4
+    assert [h["text"] for h in a["history"]] == pytest.approx([h["text"] for h in b["history"]], rel=1e-4)
