@@ -155,11 +155,14 @@ def finish(out: Path, step: int, history: list[dict], elapsed: float) -> dict:
 def add_recipe_flags(p: argparse.ArgumentParser, recipe: type[BaseModel]) -> None:
     """A --flag for each field of the recipe, with its description and default."""
     for name, field in recipe.model_fields.items():
-        default = field.default
+        default, flag = field.default, "--" + name.replace("_", "-")
+        text = f"{field.description} (default {default})"
+        if isinstance(default, bool):  # --compile / --no-compile
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            continue
         kind = Path if isinstance(default, Path) else str if isinstance(default, str) else (
             float if isinstance(default, float) else int)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
-                       help=f"{field.description} (default {default})")
+        p.add_argument(flag, type=kind, default=default, help=text)
 
 
 STAGES = {"codec": ("model.codec_recipe", "CodecRecipe"), "model": ("model.model_recipe", "ModelRecipe")}

@@ -3,6 +3,7 @@ losses fall, the codec stays frozen, and a killed run resumes exactly where it s
 Needs espeak-ng and PyAV (tests/missing.py: CI fails without them)."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from model.data.tables import INTENTS
 from model.duplex import build_model
 from model.model_recipe import ModelRecipe, batch_at, crop_start, labels, step_seeds, train, warm_up_card
 from model.train import Probes
-from model.run import STATE
+from model.run import STATE, add_recipe_flags
 from tests.missing import missing
 
 SMALL = dict(units=8, batch=1, warmup=5, lr=3e-3, threads=1, checkpoint_s=1e9, card_steps=2, card_batch=2)
@@ -117,3 +118,12 @@ def test_a_compiled_run_trains_as_the_eager_one(codec: Path, tmp_path: Path) -> 
     assert a["model"].keys() == b["model"].keys()  # the checkpoint's names, not the compiler's
     assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"]) <= 1e-4
     assert [h["text"] for h in a["history"]] == pytest.approx([h["text"] for h in b["history"]], rel=1e-4)
+
+
+def test_the_recipe_flags_parse_to_the_fields_types() -> None:
+    p = argparse.ArgumentParser()
+    add_recipe_flags(p, ModelRecipe)
+    assert ModelRecipe(**vars(p.parse_args([]))) == ModelRecipe()
+    r = ModelRecipe(**vars(p.parse_args(["--compile", "--steps", "5", "--voice-weight", "4", "--out", "x"])))
+    assert (r.compile, r.steps, r.voice_weight, r.out) == (True, 5, 4.0, Path("x"))
+    assert ModelRecipe(**vars(p.parse_args(["--no-compile"]))).compile is False
