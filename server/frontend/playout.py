@@ -91,10 +91,10 @@ class Playout:
 
     def next_index(self, last: int | None, then: float, period: float) -> int:
         """A track's next frame index, given its last and the origin `then` when it chose it.
-        Frames the schedule moved over (the delay shrank) are skipped, as before; those the
-        track itself fell behind by (a busy event loop) go at once, in order: the receiver's
-        jitter buffer absorbs the burst, where a skipped 20 ms of audio is a click. A track
-        more than CATCH_UP_S behind skips to the current frame."""
+        Frames the schedule moved over (the delay shrank) are skipped; those the track itself
+        fell behind by (a busy event loop) go at once, in order: the receiver's jitter buffer
+        absorbs the burst, where a skipped 20 ms of audio is a click. A track more than
+        CATCH_UP_S behind skips to the current frame."""
         self.playing = True
         now = time.monotonic()
         current = int((now - self.origin) // period)
