@@ -265,17 +265,23 @@ class CallClient:
 
 def rates(got: Received, start: float, end: float) -> dict[str, float]:
     """Video fps, audio samples per second and the longest audio gap over [start, end], from
-    the first to the last frame that arrived in it; and the model's units delivered in it
-    (one `latency` event a unit as it starts playing) as a share of the units the clock ran:
-    the tracks always send frames (held or silent), so only this counts the model's output."""
+    the first to the last frame that arrived in it; the share of the sender's audio stream
+    between those frames (by their pts) that never arrived (`audio_lost`: what a listener
+    misses, where an arrival gap a jitter buffer covers is not); and the model's units
+    delivered in it (one `latency` event a unit as it starts playing) as a share of the units
+    the clock ran: the tracks always send frames (held or silent), so only this counts the
+    model's output."""
     video = [t for t, _, _ in got.video if start <= t <= end]
     audio = [(t, n, r) for t, n, r in got.audio if start <= t <= end]
     units = [e for t, e in got.events if e["type"] == "latency" and start <= t <= end]
     delivered = len(units) / ((end - start) / UNIT_SECONDS)
     if len(video) < 2 or len(audio) < 2:
-        return {"fps": 0.0, "audio_rate": 0.0, "audio_max_gap_s": end - start, "sample_rates": [],
-                "units_delivered": delivered}
+        return {"fps": 0.0, "audio_rate": 0.0, "audio_max_gap_s": end - start, "audio_lost": 1.0,
+                "sample_rates": [], "units_delivered": delivered}
+    pts = sorted({p for t, p in got.pts["audio"] if start <= t <= end})
+    frame_s = audio[0][1] / audio[0][2]
     return {"units_delivered": delivered, "fps": (len(video) - 1) / (video[-1] - video[0]),
             "audio_rate": sum(n for _, n, _ in audio[:-1]) / (audio[-1][0] - audio[0][0]),
             "audio_max_gap_s": float(np.diff([t for t, _, _ in audio]).max()),
+            "audio_lost": max(0.0, 1 - len(pts) * frame_s / (pts[-1] - pts[0] + frame_s)),
             "sample_rates": sorted({r for _, _, r in audio})}

@@ -1,6 +1,7 @@
 """Two calls at once on one thinker-performer pair (`--max-sessions 2`: two slots of one batch):
 two aiortc clients, each with its own character, both get the model's units at the unit rate,
-25 fps video and continuous audio, and each one's typed text comes back in its own captions
+25 fps video and continuous audio (none of it lost: two callers and the daemon on 2 cores stall
+an event loop now and then, and a track catches up), and each one's typed text comes back in its own captions
 only. The daemon starts one pair: two worker processes, one weight copy each."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 
 import pytest
 
+from model.config import UNIT_SECONDS
 from tests.server.call_client import CallClient, rates
 from tests.server.call_helpers import metric
 
@@ -35,7 +37,9 @@ async def test_two_calls_on_one_pair_each_get_their_units_and_their_own_captions
     for name, r in got.items():
         assert r["units_delivered"] >= 0.85, (name, r)  # the model's units, not only held frames
         assert r["fps"] >= 24, (name, r)
-        assert r["audio_max_gap_s"] < 0.1, (name, r)
+        # continuous audio: none of the stream lost, and no arrival gap as long as a unit (a
+        # track that far behind skips ahead: server/frontend/playout.py, CATCH_UP_S)
+        assert r["audio_lost"] <= 0.01 and r["audio_max_gap_s"] < UNIT_SECONDS, (name, r)
     assert ada.got.of("hello")[0]["character"] == "Ada" and bram.got.of("hello")[0]["character"] == "Bram"
     captions = {name: "".join(e["text"] for e in c.got.of("caption")) for name, c in (("ada", ada), ("bram", bram))}
     assert "hello, Ada" in captions["ada"] and "hi there Bram" not in captions["ada"], captions
