@@ -1,8 +1,8 @@
 """Two calls at once on one thinker-performer pair (`--max-sessions 2`: two slots of one batch):
 two aiortc clients, each with its own character, both get the model's units at the unit rate,
 25 fps video and continuous audio (none of it lost: two callers and the daemon on 2 cores stall
-an event loop now and then, and a track catches up), and each one's typed text comes back in its own captions
-only. The daemon starts one pair: two worker processes, one weight copy each."""
+an event loop now and then, and a track catches up), and each one's typed text comes back in
+its own captions only. The daemon starts one pair: two worker processes, one weight copy each."""
 from __future__ import annotations
 
 import asyncio
