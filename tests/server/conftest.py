@@ -2,9 +2,11 @@
 tests (each start of a pair costs a few seconds of spawning and model building); and `daemon`,
 one `duplex serve` a module's tests share, started with the module's PRESET (default `tiny`),
 DAEMON_ARGS (flags) and DAEMON_ENV (variables) where it sets them, given READY_S seconds to
-say ready (default 90), and stopped cleanly after."""
+say ready (default 90), and stopped cleanly after. Each module starts with the test process's
+objects collected and frozen (`settled_collector`)."""
 from __future__ import annotations
 
+import gc
 from typing import Iterator
 
 import pytest
@@ -13,6 +15,19 @@ from model.config import ModelConfig, preset
 from server.runtime.supervisor import Supervisor
 from tests.server.call_helpers import Daemon
 from tests.server.pair_helpers import TINY
+
+
+@pytest.fixture(scope="module", autouse=True)
+def settled_collector() -> None:
+    """By the server tests this process holds a million objects (torch.compile's, of the model
+    tests), and one full collection of them stalls it 0.6-0.8 s (measured on the 2-core VM):
+    the in-process test caller's event loop with it, whose audio jitter buffer (16 packets) then
+    drops the burst that arrives after, and a call test fails on a stall no browser has. As the
+    daemon does once started (serve.py, worker.py): collect, and freeze what is left, so that a
+    full collection walks only what the module makes. Never unfrozen: a frozen object that
+    becomes cyclic garbage later stays (what a server test makes is small)."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="module")
