@@ -19,13 +19,13 @@ from tests.server.pair_helpers import TINY
 
 @pytest.fixture(scope="module", autouse=True)
 def settled_collector() -> None:
-    """By the server tests this process holds a million objects (torch.compile's, of the model
-    tests), and one full collection of them stalls it 0.6-0.8 s (measured on the 2-core VM):
-    the in-process test caller's event loop with it, whose audio jitter buffer (16 packets) then
-    drops the burst that arrives after, and a call test fails on a stall no browser has. As the
-    daemon does once started (serve.py, worker.py): collect, and freeze what is left, so that a
-    full collection walks only what the module makes. Never unfrozen: a frozen object that
-    becomes cyclic garbage later stays (what a server test makes is small)."""
+    """By the server tests this process holds about a million objects (torch.compile's, of the
+    model tests); a full collection of them stalled it 0.78 s and 1.0 s during two call tests of
+    a suite run on the 2-core VM, and the in-process test caller's event loop with it: its audio
+    then arrives a second late, and a call test fails an arrival-gap check on a stall no browser
+    has. As the daemon does once started (serve.py, worker.py): collect, and freeze what is left,
+    so that a full collection walks only what the module makes. Never unfrozen: a frozen object
+    that becomes cyclic garbage later stays (what a server test makes is small)."""
     gc.collect()
     gc.freeze()
 
