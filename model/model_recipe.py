@@ -24,7 +24,9 @@ alone on camera frames for `card_steps` (3.6 minutes on 2 cores: whole-model ste
 
 `voice_weight` adds model/train.py's voice loss (the audio's flow error over the character's
 voiced units): the shipped run (0) never learnt the voice; with 4 the judge hears answers, and
-the captions and turns suffer (README, "The voice, measured and trained").
+the captions and turns suffer (README, "The voice, measured and trained"). `stop_weight` adds
+its "stop" loss (the silent units just after the character's speech: with the voice loss alone
+it talked on past a cut-in), `words_weight` its "words" loss (the character's text bytes alone).
 """
 from __future__ import annotations
 
@@ -46,9 +48,10 @@ from model.data.media import video_tensor
 from model.data.tables import BACKGROUNDS, INTENTS
 from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
-from model.train import Conversation, Labels, Probes, train_step
+from model.train import PROBE_LOSSES, Conversation, Labels, Probes, train_step
 
-CURVES, TITLE = ("loss", "text", "flow", "voice", "card", "speaking", "intent"), "whole-model training"
+CURVES, TITLE = ("loss", "text", "flow", "voice", "stop", "words", "card", "speaking", "intent"), \
+    "whole-model training"
 SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
 
 
@@ -66,6 +69,10 @@ class ModelRecipe(RunRecipe):
     card_batch: int = Field(32, description="one-unit camera clips a warm-up step")
     voice_weight: float = Field(0.0, ge=0, description="weight of the audio's flow loss over the character's "
                                 "voiced units alone, on top of the flow loss (model/train.py)")
+    stop_weight: float = Field(0.0, ge=0, description="weight of the audio's flow loss over the silent units "
+                               "just after the character's speech (model/train.py)")
+    words_weight: float = Field(0.0, ge=0, description="weight of the text loss over the character's bytes "
+                                "alone, on top of the text loss (model/train.py)")
     context_noise: float = Field(0.6, ge=0, le=1, description="the character's speech and face the model "
                                  "sees as context: up to this share of noise (model/train.py)")
     compile: bool = Field(False, description="torch.compile the Transformer and the user-side encoder "
@@ -199,6 +206,9 @@ def train(r: ModelRecipe) -> dict:
     print(f"model: preset {model.cfg.name}, {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters "
           f"(VAE frozen), {r.batch} conversations of {r.units} units a step")
 
+    weights = {"voice": r.voice_weight, "stop": r.stop_weight, "words": r.words_weight} \
+        | {k: r.probe_weight for k in PROBE_LOSSES}
+
     def one_step(step: int) -> dict[str, float]:
         t0 = time.monotonic()
         conv = batch_at(model, r, synth, step, device)
@@ -206,11 +216,11 @@ def train(r: ModelRecipe) -> dict:
         g.manual_seed(r.seed * 1_000_003 + step)  # times and noise of step n: a resume replays none
         for group in opt.param_groups:
             group["lr"] = r.lr * lr_scale(step, r.warmup, r.steps)
-        parts = train_step(model, opt, conv, g, r.context_noise, probes, r.probe_weight, r.voice_weight)
+        parts = train_step(model, opt, conv, g, r.context_noise, probes, weights)
         return {"loss": parts["text"] + parts["flow"], **parts,
                 "data_s": t_data, "step_s": time.monotonic() - t0}
 
-    shown = ("text", "flow", "voice", "card", "intent", "step_s") if probes is not None \
-        else ("text", "flow", "voice", "step_s")
+    shown = ("text", "words", "flow", "voice", "stop", "card", "intent", "step_s") if probes is not None \
+        else ("text", "words", "flow", "voice", "stop", "step_s")
     return run_steps(r, model, opt, step, history, elapsed, one_step, shown, 10,
-                     CURVES if probes is not None else CURVES[:4], TITLE, probes)
+                     CURVES if probes is not None else CURVES[:6], TITLE, probes)

@@ -11,6 +11,13 @@ samples, and a model that read its next text bytes off the exact speech of the u
 (teacher-forced byte accuracy 95 %, its own speech in context: babble) must learn to read its
 text instead.
 
+Beyond text and flow, `losses` gives parts a recipe may weight: "words", the text
+cross-entropy over the character's bytes alone (the text loss is a mean over slots that are
+mostly PAD, so the few bytes that name an answer weigh little in it); "voice", the audio's flow
+error over the units where the character speaks; "stop", the same over the STOP_UNITS silent
+units after it stops (where a cut-in leaves it: the voice loss alone teaches speech, not when it
+ends).
+
 `Probes` are training-only heads (not in the checkpoint) that read the user's side off the
 model's states, from labels the episodes carry: the card's colour off the encoder's video
 tokens (their maximum over the grid: in their mean a small card is lost, and a probe on it
@@ -23,14 +30,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.attention import SparseMask
-from model.config import BOS, ModelConfig, UnitLayout
+from model.config import BOS, PAD, ModelConfig, UnitLayout
 from model.data.tables import COLOUR_NAMES, INTENTS
 from model.duplex import DuplexModel, Latents
 from model.flow import flow_loss, noisy, sample_train_time
@@ -70,6 +77,17 @@ def text_inputs(text: Tensor) -> Tensor:
     flat = text.reshape(B, -1)
     shifted = torch.cat([torch.full((B, 1), BOS, dtype=flat.dtype, device=flat.device), flat[:, :-1]], 1)
     return shifted.view_as(text)
+
+
+STOP_UNITS = 3  # silent units after the character's speech that the "stop" loss covers
+
+
+def just_stopped(voiced: Tensor) -> Tensor:
+    """(B, N) bool: silent units with a voiced one among the STOP_UNITS before them."""
+    before = torch.zeros_like(voiced)
+    for d in range(1, STOP_UNITS + 1):
+        before[:, d:] |= voiced[:, :-d]
+    return before & ~voiced
 
 
 ATTENTION_BLOCK = 64  # query rows that share one gathered set of keys (attention.SparseMask)
@@ -152,9 +170,10 @@ class Probes(nn.Module):
 def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | None = None,
            window: int | None = None, context_noise: float = 0.0,
            probes: Probes | None = None) -> dict[str, Tensor]:
-    """Text cross-entropy ("text"), flow-matching MSE ("flow") with fresh times and noise for
-    every unit, with conv.voiced the audio's flow MSE over the character's voiced units alone
-    ("voice"), and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
+    """Text cross-entropy ("text", and over the character's bytes alone "words"), flow-matching
+    MSE ("flow") with fresh times and noise for every unit, with conv.voiced the audio's flow MSE
+    over the character's voiced units ("voice") and over the silent units just after them
+    ("stop"), and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
     B, N = conv.text.shape[:2]
     dev = conv.text.device
     t = sample_train_time(B * N, model.cfg.flow.shift, generator).view(B, N).to(dev)
@@ -165,14 +184,16 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
         s = (torch.rand(B, N, generator=generator) * context_noise).to(dev)
         context = Latents(*(noisy(x0, torch.randn(x0.shape, generator=generator).to(x0), s) for x0 in conv.resp))
     out = forward_sequence(model, conv, x_t, t, window, context)
-    ce = F.cross_entropy(out.logits.flatten(0, 2).float(), conv.text.flatten(), reduction="none")
-    ce = ce.view(B, N, -1).mean(-1)
-    parts = {"text": ce.mean() if conv.scored is None else ce[conv.scored].mean(),
+    ce = F.cross_entropy(out.logits.flatten(0, 2).float(), conv.text.flatten(), reduction="none").view(B, N, -1)
+    scored = torch.ones(B, N, dtype=torch.bool, device=dev) if conv.scored is None else conv.scored
+    said = (conv.text != PAD) & scored[..., None]
+    parts = {"text": ce.mean(-1)[scored].mean(), "words": ce[said].mean() if said.any() else ce.sum() * 0,
              "flow": flow_loss(out.velocity, conv.resp, eps, conv.scored)}
     if conv.voiced is not None:
-        voiced = conv.voiced if conv.scored is None else conv.voiced & conv.scored
-        parts["voice"] = flow_loss((out.velocity.audio,), (conv.resp.audio,), (eps.audio,), voiced) \
-            if voiced.any() else out.velocity.audio.sum() * 0
+        for name, units in (("voice", conv.voiced), ("stop", just_stopped(conv.voiced))):
+            units = units & scored
+            parts[name] = flow_loss((out.velocity.audio,), (conv.resp.audio,), (eps.audio,), units) \
+                if units.any() else out.velocity.audio.sum() * 0
     if probes is not None and conv.labels is not None:
         parts |= probes.losses(out, conv.labels, conv.scored)
     return parts
@@ -180,17 +201,15 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
 
 def train_step(model: DuplexModel, opt: torch.optim.Optimizer, conv: Conversation,
                generator: torch.Generator | None = None, context_noise: float = 0.0,
-               probes: Probes | None = None, probe_weight: float = 0.0,
-               voice_weight: float = 0.0) -> dict[str, float]:
-    """One optimiser step on text + flow (+ voice_weight x the voice loss, + probe_weight x the
-    probes' losses); opt holds the probes' parameters too. Returns every loss."""
+               probes: Probes | None = None, weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """One optimiser step on text + flow + weights[k] x each other loss k that `losses` gives
+    (absent: 0); opt holds the probes' parameters too. Returns every loss."""
     model.train()
     parts = losses(model, conv, generator, model.cfg.window_units, context_noise, probes)
-    total = parts["text"] + parts["flow"] + voice_weight * parts.get("voice", 0.0) \
-        + probe_weight * sum(parts[k] for k in PROBE_LOSSES if k in parts)
+    weights = weights or {}
+    total = parts["text"] + parts["flow"] + sum(w * parts[k] for k, w in weights.items() if w and k in parts)
     opt.zero_grad(set_to_none=True)
     total.backward()
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
     opt.step()
     return {k: v.item() for k, v in parts.items()}
-

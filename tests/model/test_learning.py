@@ -8,7 +8,8 @@ import torch
 from model.duplex import build_model
 from model.duplex import Latents
 from model.data import COLOUR_NAMES
-from model.train import Labels, Probes, forward_sequence, losses, train_step
+from model.config import PAD
+from model.train import PROBE_LOSSES, Labels, Probes, forward_sequence, just_stopped, losses, train_step
 from tests.model.synthetic import make_character, make_conversation
 
 
@@ -52,7 +53,7 @@ def test_the_probes_learn_their_labels_through_the_encoder_and_the_transformer(c
     opt = torch.optim.AdamW(list(model.parameters()) + list(probes.parameters()), lr=3e-3, weight_decay=0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(100):
-        last = train_step(model, opt, conv, g, probes=probes, probe_weight=1.0)
+        last = train_step(model, opt, conv, g, probes=probes, weights=dict.fromkeys(PROBE_LOSSES, 1.0))
     for key in ("card", "speaking", "intent"):
         assert last[key] < 0.5 * first[key], (key, first, last)
     changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -86,7 +87,7 @@ def test_the_voice_loss_is_the_audio_flow_error_of_voiced_units_alone(cfg) -> No
         with torch.no_grad():
             return {k: v.item() for k, v in losses(model, c, torch.Generator().manual_seed(5), cfg.window_units).items()}
 
-    assert "voice" not in parts(conv)
+    assert "voice" not in parts(conv) and "stop" not in parts(conv)
     conv.voiced = torch.tensor([[False, True, False]])
     a = parts(conv)
     conv.resp = Latents(conv.resp.video, conv.resp.audio.clone())
@@ -95,3 +96,44 @@ def test_the_voice_loss_is_the_audio_flow_error_of_voiced_units_alone(cfg) -> No
     assert a["voice"] == b["voice"] and a["flow"] != b["flow"]
     conv.resp.audio[:, 1] += 1.0
     assert parts(conv)["voice"] != a["voice"]
+
+
+def test_the_stop_loss_covers_the_silent_units_just_after_the_character_speaks(cfg) -> None:
+    """just_stopped: the STOP_UNITS silent units after speech, not the silence before it; "stop" is
+    the audio's flow error there: a unit it covers moves it; with no speech it is 0."""
+    voiced = torch.tensor([[True, True, False, False, False, False, True, False]])
+    assert just_stopped(voiced).tolist() == [[False, False, True, True, True, False, False, True]]
+    model = build_model(cfg, seed=0).eval()
+    conv = make_conversation(model, make_character(cfg), units=3, batch=1)
+    conv.voiced = torch.tensor([[True, False, False]])
+
+    def stop() -> float:
+        with torch.no_grad():
+            return losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units)["stop"].item()
+
+    a = stop()
+    conv.resp = Latents(conv.resp.video, conv.resp.audio.clone())
+    conv.resp.audio[:, 2] += 1.0  # a unit just after the speech (the last: nobody's context)
+    assert stop() != a
+    conv.voiced = torch.tensor([[False, False, False]])
+    assert stop() == 0.0
+
+
+def test_the_words_loss_is_the_text_cross_entropy_over_the_characters_bytes_alone(cfg) -> None:
+    """A unit whose text is all PAD leaves "words" alone and moves "text"; without any byte, 0."""
+    model = build_model(cfg, seed=0).eval()
+    conv = make_conversation(model, make_character(cfg), units=3, batch=1)
+    conv.text = torch.full_like(conv.text, PAD)
+    conv.text[0, 1, :2] = torch.tensor([ord("h"), ord("i")])
+
+    def parts() -> dict[str, float]:
+        with torch.no_grad():
+            return {k: v.item() for k, v in losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units).items()}
+
+    a = parts()
+    conv.text[0, 2, 0] = ord("x")  # unit 2's first slot: "words" now counts it
+    b = parts()
+    assert a["words"] != b["words"] and a["text"] != b["text"]
+    conv.text[0, 2, 0] = PAD
+    conv.scored = torch.tensor([[True, False, True]])  # the bytes' unit not scored
+    assert parts()["words"] == 0.0
