@@ -285,6 +285,28 @@ def portrait_u8(character: Character) -> np.ndarray:
     return ((character.image.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
+RUNG_CHOICES = ("all", "top", "lowest")
+
+
+def pick_rungs(ladder: tuple[Rung, ...], which: str) -> list[Rung]:
+    """`which`: "all", "top", "lowest", or a number of Euler steps (the rung a server is served
+    with: it need not be the top one)."""
+    if which in RUNG_CHOICES:
+        return list(ladder) if which == "all" else [ladder[0] if which == "top" else ladder[-1]]
+    picked = [r for r in ladder if which.isdigit() and r == Rung(int(which), "euler")]
+    if not picked:
+        raise ValueError(f"--rungs {which!r}: choose one of {', '.join(RUNG_CHOICES)} or a number of Euler "
+                         f"steps in this ladder ({', '.join(str(r) for r in ladder)})")
+    return picked
+
+
+def rung_choice(value: str) -> str:
+    """argparse type of --rungs (pick_rungs checks a number against the model's ladder)."""
+    if value in RUNG_CHOICES or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: one of {', '.join(RUNG_CHOICES)} or a number of Euler steps")
+
+
 def evaluate(checkpoint: str, conversations: int, units: int, rungs: str, oracle_only: bool = False,
              characters_dir: Path | None = None, teacher_text: bool = False
              ) -> tuple[dict, tuple[Episode, Played], ModelConfig]:
@@ -304,9 +326,7 @@ def evaluate(checkpoint: str, conversations: int, units: int, rungs: str, oracle
     folder = characters_dir or SHIPPED_CHARACTERS
     chars = {cid: load_character(folder / cid, cfg).character for cid in CHARACTERS}
     episodes = [conversation(seed, cfg, "heldout", units, synth=synth) for seed in range(conversations)]
-    ladder = {"oracle": None} if oracle_only else {
-        f"{r.steps} {r.solver}": r for i, r in enumerate(streamer.ladder)
-        if rungs == "all" or (rungs == "top" and i == 0) or (rungs == "lowest" and i == len(streamer.ladder) - 1)}
+    ladder = {"oracle": None} if oracle_only else {str(r): r for r in pick_rungs(streamer.ladder, rungs)}
     result = {"checkpoint": "oracle" if oracle_only else str(checkpoint), "preset": cfg.name,
               "conversations": conversations, "units": units, "teacher_text": teacher_text, "rungs": {}}
     first = None
@@ -327,7 +347,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="a checkpoint folder, or 'dummy' (seeded demo weights)")
     p.add_argument("--conversations", type=int, default=20, help="held-out conversations (seeds 0..n-1)")
     p.add_argument("--units", type=int, default=64, help="units a conversation (160 ms each)")
-    p.add_argument("--rungs", choices=("all", "top", "lowest"), default="all", help="quality-ladder rungs to run")
+    p.add_argument("--rungs", default="all", type=rung_choice,
+                   help="quality-ladder rungs to run: all, top, lowest, or a number of Euler steps (e.g. 2)")
     p.add_argument("--oracle", action="store_true", help="judge the episodes' own media (calibrates the judges)")
     p.add_argument("--teacher-text", action="store_true",
                    help="feed the episodes' own text into the text slots: the voice judged given the right words")

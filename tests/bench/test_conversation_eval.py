@@ -3,14 +3,17 @@ what misbehaves, and the eval plays conversations through the streaming API as t
 Needs espeak-ng, pocketsphinx and PyAV (tests/missing.py: CI fails without them)."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 
 import numpy as np
 import pytest
 
-from bench.conversation_eval import (Played, evaluate, judge, oracle, portrait_u8, summarise)
+from bench.conversation_eval import (Played, evaluate, judge, oracle, pick_rungs, portrait_u8, rung_choice,
+                                     summarise)
 from model.config import PAD, demo
 from model.data import Synth, conversation, espeak_available
+from model.flow import Rung, quality_ladder
 from tests.missing import missing
 
 CONVERSATIONS, UNITS = 20, 64  # as `duplex eval model` runs by default
@@ -89,3 +92,18 @@ def test_teacher_text_puts_the_episodes_own_words_in_the_text_slots(world) -> No
     (r,) = result["rungs"].values()
     assert result["teacher_text"] and np.array_equal(played.text, ep.text)
     assert r["summary"]["captions_cer"] in (None, 0.0)
+
+
+def test_rungs_are_picked_by_name_or_by_euler_steps_and_a_missing_one_is_named() -> None:
+    """The served rung (2 Euler steps of a 4-step ladder) is evaluated without editing the
+    checkpoint's config; a rung the ladder lacks is an error that lists the ladder."""
+    ladder = quality_ladder(4, "heun")
+    assert pick_rungs(ladder, "all") == list(ladder)
+    assert pick_rungs(ladder, "top") == [Rung(4, "heun")] and pick_rungs(ladder, "lowest") == [Rung(1, "euler")]
+    assert pick_rungs(ladder, "2") == [Rung(2, "euler")]
+    with pytest.raises(ValueError, match="4 heun, 4 euler, 3 euler, 2 euler, 1 euler"):
+        pick_rungs(ladder, "5")
+    assert rung_choice("2") == "2"
+    for bad in ("0", "two", "best"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rung_choice(bad)
