@@ -90,12 +90,8 @@ def noisy(x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
     return (1 - t) * x0 + t * eps
 
 
-def flow_loss(v_pred: Latents, x0: Latents, eps: Latents, scored: Tensor | None = None) -> Tensor:
-    """Mean squared error against the rectified-flow target eps - x0, over all latent values;
-    scored (B, N) bool on latents (B, N, ...): over those units' values only."""
-    if scored is None:
-        num = sum(((vp.float() - (e - x).float()) ** 2).sum() for vp, x, e in zip(v_pred, x0, eps))
-        return num / sum(x.numel() for x in x0)
-    num = sum((((vp.float() - (e - x).float()) ** 2).flatten(2).sum(-1) * scored).sum()
-              for vp, x, e in zip(v_pred, x0, eps))
-    return num / (scored.sum() * sum(x[0, 0].numel() for x in x0))
+def flow_error(v_pred: Latents, x0: Latents, eps: Latents) -> Tensor:
+    """Each unit's mean squared error against the rectified-flow target eps - x0: latents
+    (B, N, ...) -> (B, N)."""
+    num = sum(((vp.float() - (e - x).float()) ** 2).flatten(2).sum(-1) for vp, x, e in zip(v_pred, x0, eps))
+    return num / sum(x[0, 0].numel() for x in x0)

@@ -50,8 +50,8 @@ from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.train import PROBE_LOSSES, Conversation, Labels, Probes, train_step
 
-CURVES, TITLE = ("loss", "text", "flow", "voice", "stop", "words", "card", "speaking", "intent"), \
-    "whole-model training"
+LOSSES = ("text", "words", "flow", "voice", "stop")  # model/train.py's, without the probes'
+TITLE = "whole-model training"
 SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
 
 
@@ -220,7 +220,7 @@ def train(r: ModelRecipe) -> dict:
         return {"loss": parts["text"] + parts["flow"], **parts,
                 "data_s": t_data, "step_s": time.monotonic() - t0}
 
-    shown = ("text", "words", "flow", "voice", "stop", "card", "intent", "step_s") if probes is not None \
-        else ("text", "words", "flow", "voice", "stop", "step_s")
-    return run_steps(r, model, opt, step, history, elapsed, one_step, shown, 10,
-                     CURVES if probes is not None else CURVES[:6], TITLE, probes)
+    probed = PROBE_LOSSES if probes is not None else ()
+    shown = LOSSES + tuple(k for k in probed if k != "speaking") + ("step_s",)  # the log line
+    return run_steps(r, model, opt, step, history, elapsed, one_step, shown, 10, ("loss",) + LOSSES + probed,
+                     TITLE, probes)

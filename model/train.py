@@ -40,7 +40,7 @@ from model.attention import SparseMask
 from model.config import BOS, PAD, ModelConfig, UnitLayout
 from model.data.tables import COLOUR_NAMES, INTENTS
 from model.duplex import DuplexModel, Latents
-from model.flow import flow_loss, noisy, sample_train_time
+from model.flow import flow_error, noisy, sample_train_time
 from model.layout import Geometry, block_causal_mask, sequence_meta
 
 
@@ -139,6 +139,12 @@ def forward_sequence(model: DuplexModel, conv: Conversation, noisy_resp: Latents
                    obs_v, obs_a, h_units[:, :, lay.obs])
 
 
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of values[mask]; with nothing masked in, a zero that keeps the graph (a batch
+    may hold no answer byte, voiced unit or question)."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
 PROBE_LOSSES = ("card", "speaking", "intent")
 
 
@@ -161,10 +167,9 @@ class Probes(nn.Module):
         card = F.cross_entropy(self.card_logits(out.obs_video)[keep], labels.card[keep])
         speaking = F.binary_cross_entropy_with_logits(
             self.speaking(out.obs_audio).squeeze(-1).mean(-1)[keep], labels.speaking[keep])
-        asked = keep & (labels.intent >= 0)
-        intent = F.cross_entropy(self.intent(out.first_text)[asked], labels.intent[asked]) if asked.any() \
-            else out.first_text.sum() * 0
-        return {"card": card, "speaking": speaking, "intent": intent}
+        intent = F.cross_entropy(self.intent(out.first_text).transpose(1, 2), labels.intent.clamp_min(0),
+                                 reduction="none")
+        return {"card": card, "speaking": speaking, "intent": masked_mean(intent, keep & (labels.intent >= 0))}
 
 
 def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | None = None,
@@ -187,13 +192,12 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
     ce = F.cross_entropy(out.logits.flatten(0, 2).float(), conv.text.flatten(), reduction="none").view(B, N, -1)
     scored = torch.ones(B, N, dtype=torch.bool, device=dev) if conv.scored is None else conv.scored
     said = (conv.text != PAD) & scored[..., None]
-    parts = {"text": ce.mean(-1)[scored].mean(), "words": ce[said].mean() if said.any() else ce.sum() * 0,
-             "flow": flow_loss(out.velocity, conv.resp, eps, conv.scored)}
+    parts = {"text": masked_mean(ce.mean(-1), scored), "words": masked_mean(ce, said),
+             "flow": masked_mean(flow_error(out.velocity, conv.resp, eps), scored)}
     if conv.voiced is not None:
-        for name, units in (("voice", conv.voiced), ("stop", just_stopped(conv.voiced))):
-            units = units & scored
-            parts[name] = flow_loss((out.velocity.audio,), (conv.resp.audio,), (eps.audio,), units) \
-                if units.any() else out.velocity.audio.sum() * 0
+        audio = flow_error((out.velocity.audio,), (conv.resp.audio,), (eps.audio,))
+        parts["voice"] = masked_mean(audio, conv.voiced & scored)
+        parts["stop"] = masked_mean(audio, just_stopped(conv.voiced) & scored)
     if probes is not None and conv.labels is not None:
         parts |= probes.losses(out, conv.labels, conv.scored)
     return parts
