@@ -106,14 +106,25 @@ def _wake(fut: asyncio.Future[None]) -> None:
 
 class Captions:
     """Text slots -> caption text: bytes are UTF-8 (a character may span units), specials
-    (PAD, BOS, EOS) are not shown, and bytes that are not UTF-8 or not printable are dropped."""
+    (PAD, BOS, EOS) are not shown, and bytes that are not UTF-8 or not printable are dropped.
+    Text after a unit without any starts a new utterance: a space sets it apart (the model's
+    text stream has none between turns: "...a card.That card is blue.")."""
 
     def __init__(self) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._shown = self._paused = False
 
     def __call__(self, tokens: np.ndarray) -> str:
-        text = self._utf8.decode(bytes(int(t) for t in tokens if t < PAD))
-        return "".join(c for c in text if c.isprintable() and c != "\ufffd")
+        data = bytes(int(t) for t in tokens if t < PAD)
+        if not data:
+            self._paused = self._shown
+            return ""
+        text = "".join(c for c in self._utf8.decode(data) if c.isprintable() and c != "\ufffd")
+        if text and self._paused and not text[0].isspace():
+            text = " " + text
+        if text:
+            self._shown, self._paused = True, False
+        return text
 
 
 @dataclass

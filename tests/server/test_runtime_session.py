@@ -14,7 +14,7 @@ import pytest
 from model.config import PAD, preset
 from model.flow import quality_ladder
 from server.runtime.messages import UnitOutput
-from server.runtime.session import MAX_TYPED_BYTES, OutputQueue, Session, SessionEnded
+from server.runtime.session import MAX_TYPED_BYTES, Captions, OutputQueue, Session, SessionEnded
 from server.runtime.unit_clock import UnitClock
 
 LAYOUT = preset("tiny").layout  # 3 text slots a unit
@@ -94,6 +94,17 @@ def test_each_output_is_completed_once_captions_span_units_and_kv_rows_are_count
     assert (a.caption, b.caption) == ("H", "é!")
     assert (a.steps, a.top_steps, b.skipped) == (4, 4, 0)
     assert s.kv_cache_tokens == LAYOUT.sinks + 2 * LAYOUT.unit
+
+
+def test_an_utterance_after_a_silent_unit_is_set_apart_by_a_space() -> None:
+    captions = Captions()
+
+    def unit(text: bytes) -> np.ndarray:
+        return np.array(list(text) + [PAD] * (4 - len(text)))
+
+    said = [captions(unit(b)) for b in (b"", b"Hi.", b"", b"", b"That", b" car", b"d.", b"", b" Ok")]
+    assert said == ["", "Hi.", "", "", " That", " car", "d.", "", " Ok"]
+    assert "".join(said) == "Hi. That card. Ok"
 
 
 async def test_an_event_loop_awaits_outputs_put_from_another_thread() -> None:
