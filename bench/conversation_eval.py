@@ -17,7 +17,8 @@ episode's labels:
 |             | the head's shift) with the audio's RMS, frame by frame                    |         |
 | a face      | correlation of each frame with the character's portrait                   | >= 0.8 in >= 95 % |
 Beside them, no target: `caption_answers`, the answer grammar's entry nearest each answer's
-captions by edit distance is the planned one (text right, whatever the voice does).
+captions by edit distance is the planned one (text right, whatever the voice does); and for
+each answer, under "asked", what was planned, what the captions said and what the judge heard.
 
 `judge(episode, played)` is a pure function; `--oracle` judges the episodes' own media (the
 ground truth passes every target: the test of the judges), `--checkpoint dummy` a seeded
@@ -169,7 +170,7 @@ def judge(ep: Episode, played: Played, cfg: ModelConfig, image: np.ndarray) -> d
     on = voiced(played.audio, spu)
     grammar = answer_texts(ep.character)
     out: dict[str, list] = {"answers": [], "colour_answers": [], "caption_answers": [], "cer": [], "turn": [],
-                            "listening": [], "barge_in": [], "face": []}
+                            "listening": [], "barge_in": [], "face": [], "asked": []}
     for t, (a, b) in answer_spans(ep):
         heard = pick(played.audio[a * spu:b * spu], rate, grammar)
         out["answers"].append(heard == normalise(t.text))
@@ -177,6 +178,7 @@ def judge(ep: Episode, played: Played, cfg: ModelConfig, image: np.ndarray) -> d
             out["colour_answers"].append(heard == normalise(t.text))
         said = bytes(int(c) for c in played.text[a:b].reshape(-1) if c < PAD).decode(errors="replace")
         out["cer"].append(edit_distance(said, t.spoken) / max(1, len(t.spoken)))
+        out["asked"].append({"intent": t.intent, "planned": t.spoken, "captions": said, "heard": heard})
         # the captions' answer: the grammar's answer nearest the text (the audio judge's rule on
         # the text slots: right text with a wrong voice shows here and not in `answers`)
         caption = normalise(said)
@@ -288,15 +290,19 @@ def portrait_u8(character: Character) -> np.ndarray:
 RUNG_CHOICES = ("all", "top", "lowest")
 
 
+class RungNotInLadder(ValueError):
+    """--rungs names a number of Euler steps the checkpoint's ladder lacks."""
+
+
 def pick_rungs(ladder: tuple[Rung, ...], which: str) -> list[Rung]:
-    """`which`: "all", "top", "lowest", or a number of Euler steps (the rung a server is served
-    with: it need not be the top one)."""
+    """`which` (as rung_choice passed it): "all", "top", "lowest", or a number of Euler steps
+    (the rung a server is served with: it need not be the top one)."""
     if which in RUNG_CHOICES:
         return list(ladder) if which == "all" else [ladder[0] if which == "top" else ladder[-1]]
-    picked = [r for r in ladder if which.isdigit() and r == Rung(int(which), "euler")]
+    picked = [r for r in ladder if str(r) == f"{which} euler"]
     if not picked:
-        raise ValueError(f"--rungs {which!r}: choose one of {', '.join(RUNG_CHOICES)} or a number of Euler "
-                         f"steps in this ladder ({', '.join(str(r) for r in ladder)})")
+        raise RungNotInLadder(f"--rungs {which}: this checkpoint's ladder has {', '.join(str(r) for r in ladder)} "
+                              f"(its config's solver steps and fewer)")
     return picked
 
 
@@ -354,8 +360,11 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="feed the episodes' own text into the text slots: the voice judged given the right words")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/...)")
     args = p.parse_args(argv)
-    result, (ep, played), cfg = evaluate(args.checkpoint, args.conversations, args.units, args.rungs, args.oracle,
-                                         teacher_text=args.teacher_text)
+    try:
+        result, (ep, played), cfg = evaluate(args.checkpoint, args.conversations, args.units, args.rungs,
+                                             args.oracle, teacher_text=args.teacher_text)
+    except RungNotInLadder as e:
+        p.error(str(e))
     from bench.model_step import device_name, git_commit
     result.update(host=platform.node(), device=device_name(torch.device("cpu")), commit=git_commit())
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

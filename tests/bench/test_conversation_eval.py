@@ -9,8 +9,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from bench.conversation_eval import (Played, evaluate, judge, oracle, pick_rungs, portrait_u8, rung_choice,
-                                     summarise)
+from bench.conversation_eval import (Played, RungNotInLadder, answer_spans, evaluate, judge, oracle, pick_rungs,
+                                     portrait_u8, rung_choice, summarise)
 from model.config import PAD, demo
 from model.data import Synth, conversation, espeak_available
 from model.flow import Rung, quality_ladder
@@ -53,6 +53,11 @@ def test_a_character_that_says_nothing_fails_what_needs_an_answer(world) -> None
         return Played(np.full_like(ep.text, PAD), np.zeros(ep.char_audio.size, np.float32), frames)
     s = run(world, silent)
     assert not s["passed"]["answers"] and not s["passed"]["captions_cer"] and s["caption_answers"] < 0.5, s
+    # each answer is kept as planned, captioned and heard: nothing captioned, nothing heard
+    ep = next(e for e in world[1] if answer_spans(e))
+    asked = judge(ep, silent(ep), cfg, images[ep.character])["asked"]
+    assert [a["planned"] for a in asked] == [t.spoken for t, _ in answer_spans(ep)]
+    assert all(a["captions"] == "" and a["heard"] is None for a in asked), asked
     assert not s["passed"]["turn_median"] and not s["passed"]["lip_sync"], s
     assert s["passed"]["listening"] and s["passed"]["face_frames"], s
 
@@ -101,7 +106,7 @@ def test_rungs_are_picked_by_name_or_by_euler_steps_and_a_missing_one_is_named()
     assert pick_rungs(ladder, "all") == list(ladder)
     assert pick_rungs(ladder, "top") == [Rung(4, "heun")] and pick_rungs(ladder, "lowest") == [Rung(1, "euler")]
     assert pick_rungs(ladder, "2") == [Rung(2, "euler")]
-    with pytest.raises(ValueError, match="4 heun, 4 euler, 3 euler, 2 euler, 1 euler"):
+    with pytest.raises(RungNotInLadder, match="4 heun, 4 euler, 3 euler, 2 euler, 1 euler"):
         pick_rungs(ladder, "5")
     assert rung_choice("2") == "2"
     for bad in ("0", "two", "best"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -87,6 +88,28 @@ def write_y4m(path: Path, colour: str, seconds: float, width: int = 320, height:
             f.write(b"FRAME\n" + b"".join(bytes(p) for p in frame.planes))
 
 
+# What the page's camera showed and sent, kept beside the screenshot: a CI run's screenshot once
+# showed a black preview (bench/results/2026-12-07_chromium-demonstrator-call-stop-4-words-2.png)
+# where the fake camera plays the card (the y4m's mean level is about 120 of 255).
+CAMERA_JS = """async () => {
+  const v = document.getElementById('local'), c = document.createElement('canvas');
+  c.width = v.videoWidth; c.height = v.videoHeight;
+  let level = null;
+  if (c.width) {
+    const g = c.getContext('2d'); g.drawImage(v, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data; let s = 0;
+    for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2];
+    level = s / (d.length / 4) / 3;
+  }
+  let sent = null;
+  if (window.duplex.pc) (await window.duplex.pc.getStats()).forEach((r) => {
+    if (r.type === 'outbound-rtp' && r.kind === 'video')
+      sent = {frames: r.framesSent, width: r.frameWidth, height: r.frameHeight};
+  });
+  return {preview_level: level, preview_size: [v.videoWidth, v.videoHeight], playing: !v.paused, sent};
+}"""
+
+
 # Not yet true of the shipped checkpoint: the judge hears the planned answer in 7 of 19 held-out
 # conversations and its captions name it in 26 % (README, "The demonstrator"). The calls must
 # still work end to end: only the final assertion is expected to fail (raises=AssertionError).
@@ -117,11 +140,13 @@ async def test_chromium_captions_name_the_colour_of_the_card_held_up(daemon, syn
             seen.append(await page.evaluate("document.getElementById('captions').textContent"))
         await asyncio.sleep(1.5)  # the rest of the answer
         seen.append(await page.evaluate("document.getElementById('captions').textContent"))
+        camera = await page.evaluate(CAMERA_JS)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "chromium_demonstrator_call.png"))
+        (ARTIFACTS / "chromium_demonstrator_call.json").write_text(json.dumps({"camera": camera, "seen": seen}))
         await page.click("#hangup")
     said = set().union(*(colours_in(s) for s in seen))
-    assert said == {"blue"}, f"the captions named {said or 'no colour'}: {seen[-1]!r}"
+    assert said == {"blue"}, f"the captions named {said or 'no colour'}: {seen[-1]!r}; the page's camera: {camera}"
 
 
 @NAMES_THE_COLOUR
