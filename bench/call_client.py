@@ -24,7 +24,7 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSe
                     VideoStreamTrack)
 from aiortc.mediastreams import MediaStreamError
 
-from model.config import UNIT_SECONDS
+from model.config import FPS, UNIT_SECONDS
 from server.frontend.call import use_loopback_candidates
 
 MIC_RATE, MIC_FRAME = 48_000, 960
@@ -263,11 +263,19 @@ class CallClient:
         await self.pc.close()
 
 
+def lost_share(got: Received, kind: str, start: float, end: float, frame_s: float) -> float:
+    """The share of the sender's `kind` stream between the first and the last of its frames that
+    arrived in [start, end] (by their pts, the sender's schedule) that never arrived: frames the
+    sender skipped or the network lost, whatever the receiver's own scheduling did to arrivals."""
+    pts = sorted({p for t, p in got.pts[kind] if start <= t <= end})
+    return max(0.0, 1 - len(pts) * frame_s / (pts[-1] - pts[0] + frame_s)) if pts else 1.0
+
+
 def rates(got: Received, start: float, end: float) -> dict[str, float]:
     """Video fps, audio samples per second and the longest audio gap over [start, end], from
-    the first to the last frame that arrived in it; the share of the sender's audio stream
-    between those frames (by their pts) that never arrived (`audio_lost`: what a listener
-    misses, where an arrival gap a jitter buffer covers is not); and the model's units
+    the first to the last frame that arrived in it; the share of the sender's video and audio
+    streams between those frames that never arrived (`video_lost`, `audio_lost`: lost_share, what
+    a viewer misses, where an arrival gap a jitter buffer covers is not); and the model's units
     delivered in it (one `latency` event a unit as it starts playing) as a share of the units
     the clock ran: the tracks always send frames (held or silent), so only this counts the
     model's output."""
@@ -277,11 +285,10 @@ def rates(got: Received, start: float, end: float) -> dict[str, float]:
     delivered = len(units) / ((end - start) / UNIT_SECONDS)
     if len(video) < 2 or len(audio) < 2:
         return {"fps": 0.0, "audio_rate": 0.0, "audio_max_gap_s": end - start, "audio_lost": 1.0,
-                "sample_rates": [], "units_delivered": delivered}
-    pts = sorted({p for t, p in got.pts["audio"] if start <= t <= end})
-    frame_s = audio[0][1] / audio[0][2]
+                "video_lost": 1.0, "sample_rates": [], "units_delivered": delivered}
     return {"units_delivered": delivered, "fps": (len(video) - 1) / (video[-1] - video[0]),
             "audio_rate": sum(n for _, n, _ in audio[:-1]) / (audio[-1][0] - audio[0][0]),
             "audio_max_gap_s": float(np.diff([t for t, _, _ in audio]).max()),
-            "audio_lost": max(0.0, 1 - len(pts) * frame_s / (pts[-1] - pts[0] + frame_s)),
+            "audio_lost": lost_share(got, "audio", start, end, audio[0][1] / audio[0][2]),
+            "video_lost": lost_share(got, "video", start, end, 1 / FPS),
             "sample_rates": sorted({r for _, _, r in audio})}

@@ -57,8 +57,10 @@ async def test_a_signal_drains_the_daemon_and_leaves_no_process(sig, group):
         assert client.got.of("draining")[0]["seconds"] == DRAIN_S
         assert client.got.of("ended")[0]["reason"].startswith("server draining"), client.got.of("ended")
         assert DRAIN_S - 0.2 <= told <= DRAIN_S + 1.5, f"the call ended {told:.2f} s after the signal"
+        # video by the sender's pts, a tenth lost at most: on the loaded 2-core box arrivals over
+        # 1.6 s once gave 23.994 fps, and 4 % of the audio was lost
         r = rates(client.got, sent + 0.2, sent + DRAIN_S - 0.2)
-        assert r["units_delivered"] >= 0.8 and r["fps"] >= 24 and r["audio_max_gap_s"] < 0.1, \
+        assert r["units_delivered"] >= 0.8 and r["video_lost"] < 0.1 and r["audio_max_gap_s"] < 0.1, \
             f"the call kept its units and media while draining: {r}"
         code = await loop.run_in_executor(None, daemon.proc.wait, 30)
         await client.close()

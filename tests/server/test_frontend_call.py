@@ -162,7 +162,7 @@ async def test_a_drain_refuses_new_calls_at_once_lets_calls_go_on_then_ends_them
         await front.drain(1.5, asyncio.Event())
         assert 1.3 < time.monotonic() - t0 < 2.0
         r = rates(clients[1].got, t0 + 0.2, t0 + 1.3)
-        assert r["units_delivered"] >= 0.8 and r["fps"] >= 24 and r["audio_max_gap_s"] < 0.1, \
+        assert r["units_delivered"] >= 0.8 and r["video_lost"] < 0.1 and r["audio_max_gap_s"] < 0.1, \
             f"units and media went on while draining: {r}"
         await front.shutdown("server draining")
         assert not front.calls and front.engine.active == 0
