@@ -26,7 +26,8 @@ alone on camera frames for `card_steps` (3.6 minutes on 2 cores: whole-model ste
 voiced units): the shipped run (0) never learnt the voice; with 4 the judge hears answers, and
 the captions and turns suffer (README, "The voice, measured and trained"). `stop_weight` adds
 its "stop" loss (the silent units just after the character's speech: with the voice loss alone
-it talked on past a cut-in), `words_weight` its "words" loss (the character's text bytes alone).
+it talked on past a cut-in), `words_weight` its "words" loss (the character's text bytes alone),
+`choice_weight` its "choice" loss (each answer's first byte: which sentence it says).
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.train import PROBE_LOSSES, Conversation, Labels, Probes, train_step
 
-LOSSES = ("text", "words", "flow", "voice", "stop")  # model/train.py's, without the probes'
+LOSSES = ("text", "words", "flow", "voice", "stop", "choice")  # model/train.py's, without the probes'
 TITLE = "whole-model training"
 SEED_STRIDE = 1_000  # conversation seed of step n, item i: seed * 10^9 + n * 1000 + i
 
@@ -73,6 +74,8 @@ class ModelRecipe(RunRecipe):
                                "just after the character's speech (model/train.py)")
     words_weight: float = Field(0.0, ge=0, description="weight of the text loss over the character's bytes "
                                 "alone, on top of the text loss (model/train.py)")
+    choice_weight: float = Field(0.0, ge=0, description="weight of the text loss over each answer's first "
+                                 "byte, where it chooses the sentence (model/train.py)")
     context_noise: float = Field(0.6, ge=0, le=1, description="the character's speech and face the model "
                                  "sees as context: up to this share of noise (model/train.py)")
     compile: bool = Field(False, description="torch.compile the Transformer and the user-side encoder "
@@ -123,6 +126,17 @@ def labels(episodes: list[Episode]) -> Labels:
     return Labels(card=torch.where((card >= 0) & seen, card, len(COLOUR_NAMES)),
                   speaking=torch.tensor(np.stack([e.user_speaking for e in episodes]), dtype=torch.float32),
                   intent=intent)
+
+
+def answer_starts(episodes: list[Episode]) -> Tensor:
+    """(B, N) bool: the units where one of the character's answers (not its greeting) starts,
+    its first byte in the unit's first text slot."""
+    starts = torch.zeros(len(episodes), episodes[0].units, dtype=torch.bool)
+    for b, e in enumerate(episodes):
+        for t in e.turns:
+            if t.speaker == "character" and t.intent != "greet" and 0 <= t.start_unit < e.units:
+                starts[b, t.start_unit] = True
+    return starts
 
 
 def camera_clips(cfg: ModelConfig, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
@@ -177,6 +191,7 @@ def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device
     conv.scored = torch.stack([warm | (s == 0) for s in starts]).to(device)
     conv.labels = Labels(*(x.to(device) for x in vars(labels(crops)).values()))
     conv.voiced = torch.tensor(np.stack([c.char_speaking for c in crops])).to(device)
+    conv.answering = answer_starts(crops).to(device)
     return conv
 
 
@@ -206,7 +221,8 @@ def train(r: ModelRecipe) -> dict:
     print(f"model: preset {model.cfg.name}, {sum(p.numel() for p in params) / 1e6:.2f} M trained parameters "
           f"(VAE frozen), {r.batch} conversations of {r.units} units a step")
 
-    weights = {"voice": r.voice_weight, "stop": r.stop_weight, "words": r.words_weight} \
+    weights = {"voice": r.voice_weight, "stop": r.stop_weight, "words": r.words_weight,
+               "choice": r.choice_weight} \
         | {k: r.probe_weight for k in PROBE_LOSSES}
 
     def one_step(step: int) -> dict[str, float]:

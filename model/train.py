@@ -16,7 +16,10 @@ cross-entropy over the character's bytes alone (the text loss is a mean over slo
 mostly PAD, so the few bytes that name an answer weigh little in it); "voice", the audio's flow
 error over the units where the character speaks; "stop", the same over the STOP_UNITS silent
 units after it stops (where a cut-in leaves it: the voice loss alone teaches speech, not when it
-ends).
+ends); "choice", the text cross-entropy of each answer's first byte, where the character chooses
+which sentence it says (in "words" it is one byte of an answer's 20-40: teacher-forced, the
+shipped run chose the wrong sentence for most answers to anything but the colour, even on
+training phrasings, while the colour word came out right in 17 of 17).
 
 `Probes` are training-only heads (not in the checkpoint) that read the user's side off the
 model's states, from labels the episodes carry: the card's colour off the encoder's video
@@ -64,6 +67,7 @@ class Conversation:
     resp: Latents  # clean response tokens, video (B, N, Rv, Cv p^2), audio (B, N, Ra, Ca)
     scored: Tensor | None = None  # (B, N) bool: units whose losses count (None: all)
     voiced: Tensor | None = None  # (B, N) bool: units where the character speaks (the "voice" loss)
+    answering: Tensor | None = None  # (B, N) bool: units where an answer starts (the "choice" loss)
     labels: Labels | None = None  # the Probes' targets (None: no probe losses)
 
     @property
@@ -178,7 +182,8 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
     """Text cross-entropy ("text", and over the character's bytes alone "words"), flow-matching
     MSE ("flow") with fresh times and noise for every unit, with conv.voiced the audio's flow MSE
     over the character's voiced units ("voice") and over the silent units just after them
-    ("stop"), and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
+    ("stop"), with conv.answering the text cross-entropy of each answer's first byte
+    ("choice"), and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
     B, N = conv.text.shape[:2]
     dev = conv.text.device
     t = sample_train_time(B * N, model.cfg.flow.shift, generator).view(B, N).to(dev)
@@ -198,6 +203,8 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
         audio = flow_error((out.velocity.audio,), (conv.resp.audio,), (eps.audio,))
         parts["voice"] = masked_mean(audio, conv.voiced & scored)
         parts["stop"] = masked_mean(audio, just_stopped(conv.voiced) & scored)
+    if conv.answering is not None:
+        parts["choice"] = masked_mean(ce[..., 0], conv.answering & scored)
     if probes is not None and conv.labels is not None:
         parts |= probes.losses(out, conv.labels, conv.scored)
     return parts

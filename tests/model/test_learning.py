@@ -137,3 +137,28 @@ def test_the_words_loss_is_the_text_cross_entropy_over_the_characters_bytes_alon
     conv.text[0, 2, 0] = PAD
     conv.scored = torch.tensor([[True, False, True]])  # the bytes' unit not scored
     assert parts()["words"] == 0.0
+
+
+def test_the_choice_loss_is_the_cross_entropy_of_each_answers_first_byte_alone(cfg) -> None:
+    """conv.answering marks the units where an answer starts: "choice" is the text cross-entropy
+    of their first slot (a later byte of the answer leaves it alone); without conv.answering: no
+    "choice"; with no answer starting in a scored unit: 0."""
+    model = build_model(cfg, seed=0).eval()
+    conv = make_conversation(model, make_character(cfg), units=3, batch=1)
+    conv.text = torch.full_like(conv.text, PAD)
+    conv.text[0, 1, :2] = torch.tensor([ord("I"), ord(" ")])
+
+    def parts() -> dict[str, float]:
+        with torch.no_grad():
+            return {k: v.item() for k, v in losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units).items()}
+
+    assert "choice" not in parts()
+    conv.answering = torch.tensor([[False, True, False]])
+    a = parts()
+    conv.text[0, 1, 1] = ord("a")  # a later byte of the answer
+    b = parts()
+    assert a["choice"] == b["choice"] and a["words"] != b["words"]
+    conv.text[0, 1, 0] = ord("T")  # the first byte: another sentence
+    assert parts()["choice"] != a["choice"]
+    conv.scored = torch.tensor([[True, False, True]])
+    assert parts()["choice"] == 0.0

@@ -53,10 +53,12 @@ def test_a_step_trains_on_answers_and_scores_only_units_with_a_full_window(codec
     for step in range(6):
         episodes = [conversation(s, model.cfg, "train", 24, synth=synth) for s in step_seeds(0, step, 2)]
         conv = batch_at(model, r, synth, step, torch.device("cpu"))
-        for e, scored, text, voiced in zip(episodes, conv.scored, conv.text, conv.voiced):
+        for e, scored, text, voiced, answering in zip(episodes, conv.scored, conv.text, conv.voiced, conv.answering):
             start = crop_start(e, 8, r.p_start)
             assert torch.equal(text, torch.from_numpy(e.text[start:start + 8]))
             assert torch.equal(voiced, torch.from_numpy(e.char_speaking[start:start + 8]))
+            answers = [t.start_unit - start for t in e.turns if t.speaker == "character" and t.intent != "greet"]
+            assert answering.nonzero().flatten().tolist() == sorted(u for u in answers if 0 <= u < 8)
             if start == 0:
                 assert scored.all()
             else:
