@@ -44,7 +44,7 @@ from model.config import FRAMES_PER_UNIT, PAD, ModelConfig
 from model.data import CHARACTERS, Episode, Synth, conversation
 from model.data.episode import Turn
 from model.data.face import FaceRenderer
-from model.data.tables import answer
+from model.data.tables import repertoire
 from model.flow import Rung
 from model.media import frames_to_model, frames_to_uint8
 from model.streaming import Character, Streamer
@@ -106,12 +106,7 @@ def normalise(s: str) -> str:
 def answer_texts(character: str) -> tuple[str, ...]:
     """Every answer and greeting the character can say, normalised: the answer grammar."""
     spec = CHARACTERS[character]
-    out = {normalise(g) for g in spec.greetings}
-    for intent in ("colour", "name", "greeting", "how_are_you", "goodbye"):
-        for card in (None, "red", "green", "blue", "yellow", "orange", "purple"):
-            for variant in range(4):
-                out.add(normalise(answer(spec, intent, card, variant)))
-    return tuple(sorted(out))
+    return tuple(sorted({normalise(t) for t in spec.greetings + repertoire(spec)}))
 
 
 def edit_distance(a: str, b: str) -> int:

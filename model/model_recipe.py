@@ -27,7 +27,7 @@ voiced units): the shipped run (0) never learnt the voice; with 4 the judge hear
 the captions and turns suffer (README, "The voice, measured and trained"). `stop_weight` adds
 its "stop" loss (the silent units just after the character's speech: with the voice loss alone
 it talked on past a cut-in), `words_weight` its "words" loss (the character's text bytes alone),
-`choice_weight` its "choice" loss (each answer's first byte: which sentence it says).
+`choice_weight` its "choice" loss (the bytes where the character chooses what it says).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from model.data import COLOUR_NAMES, Episode, MediaBatch, Synth, conversation, m
 from model.data.camera import Camera
 from model.data.episode import P_NO_CARD
 from model.data.media import video_tensor
-from model.data.tables import BACKGROUNDS, INTENTS
+from model.data.tables import BACKGROUNDS, CHARACTERS, INTENTS, choice_points
 from model.duplex import DuplexModel, Latents, patchify
 from model.run import RunRecipe, lr_scale, resume, run_steps
 from model.train import PROBE_LOSSES, Conversation, Labels, Probes, train_step
@@ -74,8 +74,8 @@ class ModelRecipe(RunRecipe):
                                "just after the character's speech (model/train.py)")
     words_weight: float = Field(0.0, ge=0, description="weight of the text loss over the character's bytes "
                                 "alone, on top of the text loss (model/train.py)")
-    choice_weight: float = Field(0.0, ge=0, description="weight of the text loss over each answer's first "
-                                 "byte, where it chooses the sentence (model/train.py)")
+    choice_weight: float = Field(0.0, ge=0, description="weight of the text loss over the bytes where the "
+                                 "character chooses what it says (model/train.py)")
     context_noise: float = Field(0.6, ge=0, le=1, description="the character's speech and face the model "
                                  "sees as context: up to this share of noise (model/train.py)")
     compile: bool = Field(False, description="torch.compile the Transformer and the user-side encoder "
@@ -128,15 +128,18 @@ def labels(episodes: list[Episode]) -> Labels:
                   intent=intent)
 
 
-def answer_starts(episodes: list[Episode]) -> Tensor:
-    """(B, N) bool: the units where one of the character's answers (not its greeting) starts,
-    its first byte in the unit's first text slot."""
-    starts = torch.zeros(len(episodes), episodes[0].units, dtype=torch.bool)
+def choice_slots(episodes: list[Episode]) -> Tensor:
+    """(B, N, k) bool: the text slots that hold the bytes where one of the character's answers
+    (not its greeting) is chosen (tables.choice_points), for answers that start in the crop."""
+    chosen = torch.zeros(len(episodes), *episodes[0].text.shape, dtype=torch.bool)
     for b, e in enumerate(episodes):
         for t in e.turns:
             if t.speaker == "character" and t.intent != "greet" and 0 <= t.start_unit < e.units:
-                starts[b, t.start_unit] = True
-    return starts
+                slots = e.text_slots(t)
+                for n in choice_points(CHARACTERS[e.character], t.text):
+                    if n < len(slots):
+                        chosen[(b, *slots[n])] = True
+    return chosen
 
 
 def camera_clips(cfg: ModelConfig, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
@@ -191,7 +194,7 @@ def batch_at(model: DuplexModel, r: ModelRecipe, synth: Synth, step: int, device
     conv.scored = torch.stack([warm | (s == 0) for s in starts]).to(device)
     conv.labels = Labels(*(x.to(device) for x in vars(labels(crops)).values()))
     conv.voiced = torch.tensor(np.stack([c.char_speaking for c in crops])).to(device)
-    conv.answering = answer_starts(crops).to(device)
+    conv.choosing = choice_slots(crops).to(device)
     return conv
 
 

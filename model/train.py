@@ -16,10 +16,10 @@ cross-entropy over the character's bytes alone (the text loss is a mean over slo
 mostly PAD, so the few bytes that name an answer weigh little in it); "voice", the audio's flow
 error over the units where the character speaks; "stop", the same over the STOP_UNITS silent
 units after it stops (where a cut-in leaves it: the voice loss alone teaches speech, not when it
-ends); "choice", the text cross-entropy of each answer's first byte, where the character chooses
-which sentence it says (in "words" it is one byte of an answer's 20-40: teacher-forced, the
-shipped run chose the wrong sentence for most answers to anything but the colour, even on
-training phrasings, while the colour word came out right in 17 of 17).
+ends); "choice", the same over the bytes where the character chooses what it says (the first,
+and the colour's after "That card is ": tables.choice_points). In "words" they are 1-3 bytes
+of an answer's 9-45, and teacher-forced the shipped run began most answers to anything but the
+colour with the wrong sentence's first byte, on training phrasings too (`duplex eval voice`).
 
 `Probes` are training-only heads (not in the checkpoint) that read the user's side off the
 model's states, from labels the episodes carry: the card's colour off the encoder's video
@@ -67,7 +67,7 @@ class Conversation:
     resp: Latents  # clean response tokens, video (B, N, Rv, Cv p^2), audio (B, N, Ra, Ca)
     scored: Tensor | None = None  # (B, N) bool: units whose losses count (None: all)
     voiced: Tensor | None = None  # (B, N) bool: units where the character speaks (the "voice" loss)
-    answering: Tensor | None = None  # (B, N) bool: units where an answer starts (the "choice" loss)
+    choosing: Tensor | None = None  # (B, N, k) bool: text slots where an answer is chosen (the "choice" loss)
     labels: Labels | None = None  # the Probes' targets (None: no probe losses)
 
     @property
@@ -182,7 +182,7 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
     """Text cross-entropy ("text", and over the character's bytes alone "words"), flow-matching
     MSE ("flow") with fresh times and noise for every unit, with conv.voiced the audio's flow MSE
     over the character's voiced units ("voice") and over the silent units just after them
-    ("stop"), with conv.answering the text cross-entropy of each answer's first byte
+    ("stop"), with conv.choosing the text cross-entropy over the bytes that choose an answer
     ("choice"), and with `probes` and conv.labels their losses ("card", "speaking", "intent")."""
     B, N = conv.text.shape[:2]
     dev = conv.text.device
@@ -203,8 +203,8 @@ def losses(model: DuplexModel, conv: Conversation, generator: torch.Generator | 
         audio = flow_error((out.velocity.audio,), (conv.resp.audio,), (eps.audio,))
         parts["voice"] = masked_mean(audio, conv.voiced & scored)
         parts["stop"] = masked_mean(audio, just_stopped(conv.voiced) & scored)
-    if conv.answering is not None:
-        parts["choice"] = masked_mean(ce[..., 0], conv.answering & scored)
+    if conv.choosing is not None:
+        parts["choice"] = masked_mean(ce, conv.choosing & scored[..., None])
     if probes is not None and conv.labels is not None:
         parts |= probes.losses(out, conv.labels, conv.scored)
     return parts

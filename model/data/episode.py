@@ -92,6 +92,11 @@ class Episode:
     def card_colour(self) -> str | None:
         return self.meta["card"]
 
+    def text_slots(self, turn: Turn) -> list[tuple[int, int]]:
+        """(unit, slot) of each of the character's `turn`'s text bytes within the episode, in order."""
+        return [(u, i) for u in range(max(0, turn.start_unit), min(turn.end_unit, self.units))
+                for i in range(self.text.shape[1]) if self.text[u, i] != PAD]
+
     def crop(self, start: int, units: int) -> "Episode":
         """Units [start, start + units) as an episode of their own: media and per-unit labels
         cut, turns and unit pairs shifted by `start` (those outside dropped)."""

@@ -144,3 +144,17 @@ def answer(spec: CharacterSpec, intent: Intent, card: str | None, pick: int) -> 
         return f"I am {spec.name}."
     options = {"greeting": spec.hellos, "how_are_you": spec.small_talk, "goodbye": spec.goodbyes}[intent]
     return options[pick % len(options)]
+
+
+def repertoire(spec: CharacterSpec) -> tuple[str, ...]:
+    """Every answer the character can give (its greetings aside)."""
+    picks = range(max(len(spec.hellos), len(spec.small_talk), len(spec.goodbyes)))
+    return tuple(sorted({answer(spec, intent, card, pick) for intent in INTENTS
+                         for card in (None, *COLOUR_NAMES) for pick in picks}))
+
+
+def choice_points(spec: CharacterSpec, text: str) -> tuple[int, ...]:
+    """The positions of `text`'s UTF-8 bytes where the character chooses what it says: those where
+    the answers of its repertoire that begin as `text` does go on differently."""
+    own, answers = text.encode(), [a.encode() for a in repertoire(spec)]
+    return tuple(p for p in range(len(own)) if len({a[p:p + 1] for a in answers if a[:p] == own[:p]}) > 1)

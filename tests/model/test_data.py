@@ -234,11 +234,18 @@ def test_text_slots_carry_the_answer_bytes_while_it_speaks(episodes) -> None:
         for t in ep.turns:
             if t.speaker != "character" or t.end_unit > ep.units:
                 continue
-            slots = ep.text[t.start_unit:t.end_unit].reshape(-1)
-            got = bytes(int(b) for b in slots if b != PAD).decode()
+            got = bytes(int(ep.text[s]) for s in ep.text_slots(t)).decode()
             assert got == t.spoken and (t.cut or got == t.text), (ep.seed, got, t.text)
         assert ep.turns[0].speaker == "character" and ep.turns[0].intent == "greet"
         assert ep.turns[0].start_unit <= 1
+
+
+def test_an_answer_is_chosen_where_the_characters_repertoire_branches() -> None:
+    ada = tables.CHARACTERS["ada"]
+    assert tables.choice_points(ada, "That card is blue.") == (0, 13)  # T, then the colour
+    assert tables.choice_points(ada, "I am Ada.") == (0, 2, 5)  # I; am, not cannot; Ada, not well
+    assert tables.choice_points(ada, "Goodbye, see you soon.") == (0,)
+    assert all(tables.choice_points(ada, a)[0] == 0 for a in tables.repertoire(ada))
 
 
 def test_an_answers_text_runs_ahead_of_its_voice(episodes) -> None:

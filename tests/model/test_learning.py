@@ -139,10 +139,10 @@ def test_the_words_loss_is_the_text_cross_entropy_over_the_characters_bytes_alon
     assert parts()["words"] == 0.0
 
 
-def test_the_choice_loss_is_the_cross_entropy_of_each_answers_first_byte_alone(cfg) -> None:
-    """conv.answering marks the units where an answer starts: "choice" is the text cross-entropy
-    of their first slot (a later byte of the answer leaves it alone); without conv.answering: no
-    "choice"; with no answer starting in a scored unit: 0."""
+def test_the_choice_loss_is_the_text_cross_entropy_over_the_slots_that_choose_an_answer(cfg) -> None:
+    """conv.choosing marks the text slots where an answer is chosen: "choice" is the text
+    cross-entropy over those (another byte of the answer moves "words", not "choice"); without
+    conv.choosing: no "choice"; with none in a scored unit: 0."""
     model = build_model(cfg, seed=0).eval()
     conv = make_conversation(model, make_character(cfg), units=3, batch=1)
     conv.text = torch.full_like(conv.text, PAD)
@@ -153,12 +153,13 @@ def test_the_choice_loss_is_the_cross_entropy_of_each_answers_first_byte_alone(c
             return {k: v.item() for k, v in losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units).items()}
 
     assert "choice" not in parts()
-    conv.answering = torch.tensor([[False, True, False]])
+    conv.choosing = torch.zeros_like(conv.text, dtype=torch.bool)
+    conv.choosing[0, 1, 0] = True
     a = parts()
-    conv.text[0, 1, 1] = ord("a")  # a later byte of the answer
+    conv.text[0, 1, 1] = ord("a")  # a byte that chooses nothing
     b = parts()
     assert a["choice"] == b["choice"] and a["words"] != b["words"]
-    conv.text[0, 1, 0] = ord("T")  # the first byte: another sentence
+    conv.text[0, 1, 0] = ord("T")  # the byte that chooses: another answer
     assert parts()["choice"] != a["choice"]
     conv.scored = torch.tensor([[True, False, True]])
     assert parts()["choice"] == 0.0

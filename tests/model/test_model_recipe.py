@@ -13,7 +13,7 @@ import torch
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import tiny
 from model.data import COLOUR_NAMES, Synth, conversation, espeak_available
-from model.data.tables import INTENTS
+from model.data.tables import CHARACTERS, INTENTS, choice_points
 from model.duplex import build_model
 from model.model_recipe import ModelRecipe, batch_at, crop_start, labels, step_seeds, train, warm_up_card
 from model.train import Probes
@@ -49,16 +49,23 @@ def test_a_step_trains_on_answers_and_scores_only_units_with_a_full_window(codec
     model = load_checkpoint(codec)
     r = ModelRecipe(codec=codec, units=8, episode_units=24, batch=2)
     synth, window = Synth(), model.cfg.window_units
-    seen_crop = False
+    seen_crop, answers_seen = False, 0
     for step in range(6):
         episodes = [conversation(s, model.cfg, "train", 24, synth=synth) for s in step_seeds(0, step, 2)]
         conv = batch_at(model, r, synth, step, torch.device("cpu"))
-        for e, scored, text, voiced, answering in zip(episodes, conv.scored, conv.text, conv.voiced, conv.answering):
+        for e, scored, text, voiced, choosing in zip(episodes, conv.scored, conv.text, conv.voiced, conv.choosing):
             start = crop_start(e, 8, r.p_start)
             assert torch.equal(text, torch.from_numpy(e.text[start:start + 8]))
             assert torch.equal(voiced, torch.from_numpy(e.char_speaking[start:start + 8]))
-            answers = [t.start_unit - start for t in e.turns if t.speaker == "character" and t.intent != "greet"]
-            assert answering.nonzero().flatten().tolist() == sorted(u for u in answers if 0 <= u < 8)
+            crop, marks = e.crop(start, 8), 0
+            for t in crop.turns:  # the choosing bytes of each answer begun in the crop, and no other
+                if t.speaker == "character" and t.intent != "greet" and t.start_unit >= 0:
+                    slots = crop.text_slots(t)
+                    marked = [n for n, s in enumerate(slots) if choosing[s]]
+                    assert marked == [n for n in choice_points(CHARACTERS[e.character], t.text) if n < len(slots)]
+                    assert [int(text[slots[n]]) for n in marked] == [t.text.encode()[n] for n in marked]
+                    answers_seen, marks = answers_seen + 1, marks + len(marked)
+            assert choosing.sum() == marks
             if start == 0:
                 assert scored.all()
             else:
@@ -66,7 +73,7 @@ def test_a_step_trains_on_answers_and_scores_only_units_with_a_full_window(codec
                 ends = [t.end_unit for t in e.turns if t.speaker == "character" and t.intent != "greet"]
                 assert any(0 <= start + 8 - end <= 3 for end in ends), (start, ends)
                 assert not scored[:window].any() and scored[window:].all()
-    assert seen_crop
+    assert seen_crop and answers_seen
 
 
 def test_probe_labels_name_the_card_in_view_and_the_question_being_answered(codec: Path) -> None:
