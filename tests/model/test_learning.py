@@ -77,25 +77,28 @@ def test_context_noise_blurs_what_later_units_see_and_nothing_else(cfg) -> None:
     assert a["text"] != b["text"] and a["flow"] != b["flow"]
 
 
+def loss_values(model, conv) -> dict[str, float]:
+    """Every part of `losses`, for one fixed draw of solver times and noise."""
+    with torch.no_grad():
+        parts = losses(model, conv, torch.Generator().manual_seed(5), model.cfg.window_units)
+    return {k: v.item() for k, v in parts.items()}
+
+
 def test_the_voice_loss_is_the_audio_flow_error_of_voiced_units_alone(cfg) -> None:
     """conv.voiced marks the units where the character speaks: "voice" is the audio's flow error
     over those (another unit's audio moves "flow", not "voice"); without conv.voiced: no "voice"."""
     model = build_model(cfg, seed=0).eval()
     conv = make_conversation(model, make_character(cfg), units=3, batch=1)
 
-    def parts(c) -> dict[str, float]:
-        with torch.no_grad():
-            return {k: v.item() for k, v in losses(model, c, torch.Generator().manual_seed(5), cfg.window_units).items()}
-
-    assert "voice" not in parts(conv) and "stop" not in parts(conv)
+    assert "voice" not in loss_values(model, conv) and "stop" not in loss_values(model, conv)
     conv.voiced = torch.tensor([[False, True, False]])
-    a = parts(conv)
+    a = loss_values(model, conv)
     conv.resp = Latents(conv.resp.video, conv.resp.audio.clone())
     conv.resp.audio[:, 2] += 1.0  # the last unit: nobody's context, not voiced
-    b = parts(conv)
+    b = loss_values(model, conv)
     assert a["voice"] == b["voice"] and a["flow"] != b["flow"]
     conv.resp.audio[:, 1] += 1.0
-    assert parts(conv)["voice"] != a["voice"]
+    assert loss_values(model, conv)["voice"] != a["voice"]
 
 
 def test_the_stop_loss_covers_the_silent_units_just_after_the_character_speaks(cfg) -> None:
@@ -107,16 +110,12 @@ def test_the_stop_loss_covers_the_silent_units_just_after_the_character_speaks(c
     conv = make_conversation(model, make_character(cfg), units=3, batch=1)
     conv.voiced = torch.tensor([[True, False, False]])
 
-    def stop() -> float:
-        with torch.no_grad():
-            return losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units)["stop"].item()
-
-    a = stop()
+    a = loss_values(model, conv)["stop"]
     conv.resp = Latents(conv.resp.video, conv.resp.audio.clone())
     conv.resp.audio[:, 2] += 1.0  # a unit just after the speech (the last: nobody's context)
-    assert stop() != a
+    assert loss_values(model, conv)["stop"] != a
     conv.voiced = torch.tensor([[False, False, False]])
-    assert stop() == 0.0
+    assert loss_values(model, conv)["stop"] == 0.0
 
 
 def test_the_words_loss_is_the_text_cross_entropy_over_the_characters_bytes_alone(cfg) -> None:
@@ -126,17 +125,13 @@ def test_the_words_loss_is_the_text_cross_entropy_over_the_characters_bytes_alon
     conv.text = torch.full_like(conv.text, PAD)
     conv.text[0, 1, :2] = torch.tensor([ord("h"), ord("i")])
 
-    def parts() -> dict[str, float]:
-        with torch.no_grad():
-            return {k: v.item() for k, v in losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units).items()}
-
-    a = parts()
+    a = loss_values(model, conv)
     conv.text[0, 2, 0] = ord("x")  # unit 2's first slot: "words" now counts it
-    b = parts()
+    b = loss_values(model, conv)
     assert a["words"] != b["words"] and a["text"] != b["text"]
     conv.text[0, 2, 0] = PAD
     conv.scored = torch.tensor([[True, False, True]])  # the bytes' unit not scored
-    assert parts()["words"] == 0.0
+    assert loss_values(model, conv)["words"] == 0.0
 
 
 def test_the_choice_loss_is_the_text_cross_entropy_over_the_slots_that_choose_an_answer(cfg) -> None:
@@ -148,18 +143,14 @@ def test_the_choice_loss_is_the_text_cross_entropy_over_the_slots_that_choose_an
     conv.text = torch.full_like(conv.text, PAD)
     conv.text[0, 1, :2] = torch.tensor([ord("I"), ord(" ")])
 
-    def parts() -> dict[str, float]:
-        with torch.no_grad():
-            return {k: v.item() for k, v in losses(model, conv, torch.Generator().manual_seed(5), cfg.window_units).items()}
-
-    assert "choice" not in parts()
+    assert "choice" not in loss_values(model, conv)
     conv.choosing = torch.zeros_like(conv.text, dtype=torch.bool)
     conv.choosing[0, 1, 0] = True
-    a = parts()
+    a = loss_values(model, conv)
     conv.text[0, 1, 1] = ord("a")  # a byte that chooses nothing
-    b = parts()
+    b = loss_values(model, conv)
     assert a["choice"] == b["choice"] and a["words"] != b["words"]
     conv.text[0, 1, 0] = ord("T")  # the byte that chooses: another answer
-    assert parts()["choice"] != a["choice"]
+    assert loss_values(model, conv)["choice"] != a["choice"]
     conv.scored = torch.tensor([[True, False, True]])
-    assert parts()["choice"] == 0.0
+    assert loss_values(model, conv)["choice"] == 0.0

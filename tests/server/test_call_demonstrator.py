@@ -88,9 +88,9 @@ def write_y4m(path: Path, colour: str, seconds: float, width: int = 320, height:
             f.write(b"FRAME\n" + b"".join(bytes(p) for p in frame.planes))
 
 
-# What the page's camera showed and sent, kept beside the screenshot: a CI run's screenshot once
-# showed a black preview (bench/results/2026-12-07_chromium-demonstrator-call-stop-4-words-2.png)
-# where the fake camera plays the card (the y4m's mean level is about 120 of 255).
+# What the page's camera showed and sent, sampled through the call and kept beside the screenshot:
+# in CI runs the preview was black (mean level 0; the y4m's is about 120 of 255) and 41 frames
+# had been sent in 8 s or more, where the same test run alone here shows the card and sends 25 fps.
 CAMERA_JS = """async () => {
   const v = document.getElementById('local'), c = document.createElement('canvas');
   c.width = v.videoWidth; c.height = v.videoHeight;
@@ -101,12 +101,14 @@ CAMERA_JS = """async () => {
     for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2];
     level = s / (d.length / 4) / 3;
   }
+  const track = window.duplex.local.getVideoTracks()[0], set = track.getSettings();
   let sent = null;
   if (window.duplex.pc) (await window.duplex.pc.getStats()).forEach((r) => {
     if (r.type === 'outbound-rtp' && r.kind === 'video')
       sent = {frames: r.framesSent, width: r.frameWidth, height: r.frameHeight};
   });
-  return {preview_level: level, preview_size: [v.videoWidth, v.videoHeight], playing: !v.paused, sent};
+  return {preview_level: level, preview_size: [v.videoWidth, v.videoHeight], playing: !v.paused, sent,
+          track: {state: track.readyState, muted: track.muted, frame_rate: set.frameRate}};
 }"""
 
 
@@ -134,16 +136,20 @@ async def test_chromium_captions_name_the_colour_of_the_card_held_up(daemon, syn
         await page.click("label.character:has-text('Ada')")
         await page.click("#call")
         await page.wait_for_function("window.duplex.state === 'in-call'", timeout=20_000)
-        deadline = time.monotonic() + 2 * len(wav) / MIC_RATE  # the question plays twice
+        start = time.monotonic()
+        deadline = start + 2 * len(wav) / MIC_RATE  # the question plays twice
+        cameras = []
         while time.monotonic() < deadline and not colours_in(seen[-1] if seen else ""):
             await asyncio.sleep(0.2)
             seen.append(await page.evaluate("document.getElementById('captions').textContent"))
+            if len(seen) % 5 == 0:
+                cameras.append({"s": round(time.monotonic() - start, 1), **await page.evaluate(CAMERA_JS)})
         await asyncio.sleep(1.5)  # the rest of the answer
         seen.append(await page.evaluate("document.getElementById('captions').textContent"))
         camera = await page.evaluate(CAMERA_JS)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "chromium_demonstrator_call.png"))
-        (ARTIFACTS / "chromium_demonstrator_call.json").write_text(json.dumps({"camera": camera, "seen": seen}))
+        (ARTIFACTS / "chromium_demonstrator_call.json").write_text(json.dumps({"camera": camera, "cameras": cameras, "seen": seen}))
         await page.click("#hangup")
     said = set().union(*(colours_in(s) for s in seen))
     assert said == {"blue"}, f"the captions named {said or 'no colour'}: {seen[-1]!r}; the page's camera: {camera}"
