@@ -18,8 +18,9 @@ error over the units where the character speaks; "stop", the same over the STOP_
 units after it stops (where a cut-in leaves it: the voice loss alone teaches speech, not when it
 ends); "choice", the same over the bytes where the character chooses what it says (the first,
 and the colour's after "That card is ": tables.choice_points). In "words" they are 1-3 bytes
-of an answer's 9-45, and teacher-forced the shipped run began most answers to anything but the
-colour with the wrong sentence's first byte, on training phrasings too (`duplex eval voice`).
+of an answer's 9-45; teacher-forced, the shipped run began 9 of 20 answers with the wrong first
+byte, on training phrasings too, and read wrong only bytes where it chooses (`duplex eval voice`).
+Weighted 4 it left every other loss higher and no answer heard (README).
 
 `Probes` are training-only heads (not in the checkpoint) that read the user's side off the
 model's states, from labels the episodes carry: the card's colour off the encoder's video

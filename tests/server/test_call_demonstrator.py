@@ -88,9 +88,8 @@ def write_y4m(path: Path, colour: str, seconds: float, width: int = 320, height:
             f.write(b"FRAME\n" + b"".join(bytes(p) for p in frame.planes))
 
 
-# What the page's camera showed and sent, sampled through the call and kept beside the screenshot:
-# in CI runs the preview was black (mean level 0; the y4m's is about 120 of 255) and 41 frames
-# had been sent in 8 s or more, where the same test run alone here shows the card and sends 25 fps.
+# What the page's camera showed and sent, sampled through the call and kept beside the screenshot
+# (in CI runs the preview once read black: mean level 0, where the y4m's is about 120 of 255).
 CAMERA_JS = """async () => {
   const v = document.getElementById('local'), c = document.createElement('canvas');
   c.width = v.videoWidth; c.height = v.videoHeight;
@@ -121,11 +120,13 @@ NAMES_THE_COLOUR = pytest.mark.xfail(raises=AssertionError, strict=False, reason
 
 @NAMES_THE_COLOUR
 async def test_chromium_captions_name_the_colour_of_the_card_held_up(daemon, synth, tmp_path):
-    # the file loops: the greeting, the question, time for the answer
+    # the greeting, the question, time for the answer (the wav loops)
     question = spoken(synth, COLOUR_QUESTION)
     wav = np.concatenate([np.zeros(int(GREETING_S * MIC_RATE)), question, np.zeros(6 * MIC_RATE)])
     write_wav(tmp_path / "question.wav", wav.astype(np.float32), MIC_RATE)
-    write_y4m(tmp_path / "card.y4m", "blue", 4.0)
+    # as long as the call: in CI, Chromium ended the camera's track when a 4 s file ran out (its
+    # state "ended" 3-4 s into the call, the preview black), where here it looped
+    write_y4m(tmp_path / "card.y4m", "blue", 2 * len(wav) / MIC_RATE + 5.0)
     flags = (f"--use-file-for-fake-video-capture={tmp_path / 'card.y4m'}",
              f"--use-file-for-fake-audio-capture={tmp_path / 'question.wav'}")
     seen: list[str] = []
